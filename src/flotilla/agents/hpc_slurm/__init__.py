@@ -1,0 +1,1 @@
+"""Flotilla agents.hpc_slurm."""

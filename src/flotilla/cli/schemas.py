@@ -1,0 +1,1 @@
+"""Placeholder until the schemas sub-commands land."""

@@ -1,0 +1,72 @@
+"""Process settings: one root per process, ``FLOTILLA_`` prefix, ``__`` between nested groups.
+
+For example ``FLOTILLA_BUS__URL=amqp://...`` sets ``Settings().bus.url``. Loaded once in
+``main()`` and passed down; nothing below ``main`` reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseModel):
+    """How to reach the message broker."""
+
+    url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL of RabbitMQ, with credentials (never logged).",
+    )
+    prefetch: int = Field(default=32, ge=1, le=10_000, description="Unacked deliveries per consumer.")
+    publish_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for a publisher confirm, reconnects included."
+    )
+    heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat interval in seconds.")
+    reconnect_interval: float = Field(default=1.0, gt=0, description="Seconds between reconnects.")
+
+
+class ManagementSettings(BaseModel):
+    """How to reach RabbitMQ's management HTTP API (broker administration only)."""
+
+    url: str = Field(default="http://127.0.0.1:15672", description="Management API base URL.")
+    username: str = Field(default="guest", description="Administrator login.")
+    password: SecretStr = Field(default=SecretStr("guest"), description="Administrator password.")
+    vhost: str = Field(default="/", description="The virtual host Flotilla lives in.")
+
+
+class MqttSettings(BaseModel):
+    """Where the public event stream is mirrored for light consumers."""
+
+    host: str = Field(default="127.0.0.1", description="Mosquitto host.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Mosquitto port.")
+    username: str | None = Field(default=None, description="MQTT login, if the broker wants one.")
+    password: SecretStr | None = Field(default=None, description="MQTT password.")
+    topic_prefix: str = Field(default="flotilla/events", description="Prefix of mirrored topics.")
+
+
+class LogSettings(BaseModel):
+    """Logging output."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level written."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON otherwise."
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings of a Flotilla process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLOTILLA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    bus: BusSettings = Field(default_factory=BusSettings, description="Message broker.")
+    management: ManagementSettings = Field(
+        default_factory=ManagementSettings, description="Broker management API."
+    )
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT mirror.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
