@@ -130,3 +130,13 @@ def route(message: Envelope) -> Route:
         site = message.data.site  # type: ignore[attr-defined]
         return Route(exchange=REPORTS, routing_key=f"site.{site}.deployment.{event}")
     raise TypeError(f"no route for message type {type(message).__name__}")
+
+
+def mirror_topology(queue: str = "flotilla.mqtt-mirror") -> Topology:
+    """The MQTT mirror's queue, bound to every routing key of the public event stream."""
+    return Topology(
+        policy=DELIVERY_POLICY,
+        exchanges=(Exchange(name=EVENTS),),
+        queues=(Queue(name=queue),),
+        bindings=(Binding(queue=queue, exchange=EVENTS, pattern="#"),),
+    )

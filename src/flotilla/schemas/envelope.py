@@ -99,11 +99,14 @@ class Envelope(WireModel):
         deployment_id = getattr(data, "deployment_id", None)
         subject = deployment_id or getattr(data, "site", None)
         correlation = deployment_id or (cause.correlationid if cause else None)
-        return cls(
-            source=source,
-            subject=subject,
-            correlationid=correlation,
-            causationid=cause.id if cause else None,
-            schemaversion=cls.SCHEMA_VERSION,
-            data=data,
+        # ``data`` is declared by each subclass, so it goes through validation, not __init__.
+        return cls.model_validate(
+            {
+                "source": source,
+                "subject": subject,
+                "correlationid": correlation,
+                "causationid": cause.id if cause else None,
+                "schemaversion": cls.SCHEMA_VERSION,
+                "data": data,
+            }
         )

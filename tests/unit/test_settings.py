@@ -1,0 +1,33 @@
+"""Settings: environment nesting, validation errors that name the field, secrets hidden."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from flotilla.settings import Settings
+
+
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOTILLA_BUS__PREFETCH sets settings.bus.prefetch."""
+    monkeypatch.setenv("FLOTILLA_BUS__PREFETCH", "7")
+    monkeypatch.setenv("FLOTILLA_MQTT__PORT", "1884")
+    settings = Settings()
+    assert settings.bus.prefetch == 7
+    assert settings.mqtt.port == 1884
+
+
+def test_secrets_never_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker URL's password is hidden in repr and in a JSON dump."""
+    monkeypatch.setenv("FLOTILLA_BUS__URL", "amqp://agent:hunter2secret@broker:5672/")
+    settings = Settings()
+    assert "hunter2secret" not in repr(settings)
+    assert "hunter2secret" not in settings.model_dump_json()
+    assert "hunter2secret" in settings.bus.url.get_secret_value()
+
+
+def test_a_wrong_value_names_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value is refused with the dotted name of the field."""
+    monkeypatch.setenv("FLOTILLA_BUS__PREFETCH", "zero")
+    with pytest.raises(ValidationError, match=r"bus\.prefetch"):
+        Settings()
