@@ -19,9 +19,13 @@ class BusSettings(BaseModel):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         description="AMQP URL of RabbitMQ, with credentials (never logged).",
     )
-    prefetch: int = Field(default=32, ge=1, le=10_000, description="Unacked deliveries per consumer.")
+    prefetch: int = Field(
+        default=32, ge=1, le=10_000, description="Unacked deliveries per consumer."
+    )
     publish_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait for a publisher confirm, reconnects included."
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for a publisher confirm, reconnects included.",
     )
     heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat interval in seconds.")
     reconnect_interval: float = Field(default=1.0, gt=0, description="Seconds between reconnects.")

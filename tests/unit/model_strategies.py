@@ -19,7 +19,9 @@ from pydantic.fields import FieldInfo
 _JSON_LEAVES = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 _JSON = st.recursive(
     _JSON_LEAVES,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -33,11 +35,13 @@ def model_strategy(model: type[BaseModel]) -> st.SearchStrategy[Any]:
     }
     if "schemaversion" in fields:
         # Producers always write the current version; older ones are tested separately.
-        fields["schemaversion"] = st.just(getattr(model, "SCHEMA_VERSION"))
+        fields["schemaversion"] = st.just(model.SCHEMA_VERSION)
     # Cross-field rules (e.g. manual scheduling names a site) are not field constraints:
     # combinations that break them are discarded rather than special-cased here.
-    return st.fixed_dictionaries(fields).map(lambda values: _validate(model, values)).filter(
-        lambda instance: instance is not None
+    return (
+        st.fixed_dictionaries(fields)
+        .map(lambda values: _validate(model, values))
+        .filter(lambda instance: instance is not None)
     )
 
 
@@ -88,9 +92,7 @@ def _bounds(constraints: list[Any]) -> dict[str, Any]:
             bounds["min_len"] = c.min_length
         elif isinstance(c, at.MaxLen):
             bounds["max_len"] = c.max_length
-        elif isinstance(c, StringConstraints) and c.pattern:
-            bounds["pattern"] = c.pattern
-        elif getattr(c, "pattern", None):
+        elif (isinstance(c, StringConstraints) and c.pattern) or getattr(c, "pattern", None):
             bounds["pattern"] = c.pattern
     return bounds
 

@@ -91,7 +91,10 @@ def test_older_schema_version_still_parses() -> None:
         (lambda d: d.pop("schemaversion"), "schemaversion: Field required"),
         (lambda d: d.update(type="flotilla.nope"), "does not match any of the expected tags"),
         (lambda d: d["data"].pop("site"), "data.site: Field required"),
-        (lambda d: d["data"].update(attempt="first"), "data.attempt: Input should be a valid integer"),
+        (
+            lambda d: d["data"].update(attempt="first"),
+            "data.attempt: Input should be a valid integer",
+        ),
     ],
     ids=["newer-version", "no-version", "unknown-type", "missing-field", "wrong-type"],
 )

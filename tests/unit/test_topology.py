@@ -77,7 +77,9 @@ def test_every_message_reaches_its_consumer(cls: type[Envelope], data: st.DataOb
         EVENTS: None,
     }.get(r.exchange)
     if r.exchange == REPORTS:
-        expected = SCHEDULER_HEARTBEATS if message.type.startswith("flotilla.site.") else SCHEDULER_REPORTS
+        expected = (
+            SCHEDULER_HEARTBEATS if message.type.startswith("flotilla.site.") else SCHEDULER_REPORTS
+        )
     assert _destination(message, broker) == ([expected] if expected else [])
 
 
@@ -101,7 +103,8 @@ def test_declarations_include_dead_letter_and_retry_tiers() -> None:
     tiers = [q for q in queues if q.dead_letter_to_default]
     assert [q.message_ttl.total_seconds() for q in tiers if q.message_ttl] == [1.0, 5.0, 30.0]
     work = [q for q in queues if not q.dead_letter_to_default and q.name != DEAD_LETTER]
-    assert work and all(q.dead_letter_exchange == DEAD_LETTER for q in work)
+    assert work
+    assert all(q.dead_letter_exchange == DEAD_LETTER for q in work)
 
 
 async def test_declaring_twice_is_harmless() -> None:

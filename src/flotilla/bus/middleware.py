@@ -42,9 +42,7 @@ async def decode_message(context: Context, call_next: Next) -> None:
         await call_next(context)
 
 
-def idempotent(
-    store: IdempotencyStore, key: Callable[[Message], str] | None = None
-) -> Middleware:
+def idempotent(store: IdempotencyStore, key: Callable[[Message], str] | None = None) -> Middleware:
     """Skip messages whose key was handled to completion before (default key: message id)."""
 
     async def middleware(context: Context, call_next: Next) -> None:

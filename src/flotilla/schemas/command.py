@@ -35,7 +35,9 @@ class PlannedNode(WireModel):
     ports: list[Port] = Field(default_factory=list)
     public_address: bool = False
     depends_on: list[Name] = Field(default_factory=list)
-    attached_to: Name | None = Field(default=None, description="For volumes: the node they attach to.")
+    attached_to: Name | None = Field(
+        default=None, description="For volumes: the node they attach to."
+    )
     properties: dict[str, JsonValue] = Field(
         default_factory=dict, description="Kind-specific settings (command, environment, ...)."
     )
@@ -85,4 +87,3 @@ class ReleaseDeployment(Envelope):
 
     type: Literal["flotilla.site.release"] = "flotilla.site.release"
     data: Release
-

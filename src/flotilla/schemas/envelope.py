@@ -19,7 +19,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 SiteName = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"),
-    Field(description="Site name: lowercase letters, digits and inner hyphens (used in routing keys)."),
+    Field(
+        description="Site name: lowercase letters, digits and inner hyphens (used in routing keys)."
+    ),
 ]
 DeploymentId = Annotated[
     str,

@@ -91,4 +91,6 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False, include_input=False):
         location = ".".join(str(part) for part in error["loc"]) or "<message>"
         problems.append(f"{location}: {error['msg']}")
-    return "; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else "")
+    return "; ".join(problems[:10]) + (
+        f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""
+    )

@@ -63,7 +63,9 @@ class DeploymentProvisioned(Envelope):
 class FailureCause(WireModel):
     """Why something failed, in words a user can act on."""
 
-    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="e.g. quota_exceeded")]
+    code: Annotated[
+        str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="e.g. quota_exceeded")
+    ]
     message: Text
     retryable: bool
     resource: Name | None = None
