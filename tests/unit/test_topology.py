@@ -95,6 +95,14 @@ def test_commands_for_one_site_never_reach_another() -> None:
     assert broker.depth(site_commands_queue("b")) == 0
 
 
+def test_expired_heartbeats_are_dropped_not_dead_lettered() -> None:
+    """The heartbeat queue has a TTL and no dead-letter exchange."""
+    _, queues, _ = core_topology().declarations()
+    heartbeats = next(q for q in queues if q.name == SCHEDULER_HEARTBEATS)
+    assert heartbeats.message_ttl is not None
+    assert heartbeats.dead_letter_exchange is None
+
+
 def test_declarations_include_dead_letter_and_retry_tiers() -> None:
     """Every work queue dead-letters to the DLX; retry tiers return via the default exchange."""
     exchanges, queues, _ = core_topology().declarations()
@@ -102,7 +110,8 @@ def test_declarations_include_dead_letter_and_retry_tiers() -> None:
     assert DEAD_LETTER in names
     tiers = [q for q in queues if q.dead_letter_to_default]
     assert [q.message_ttl.total_seconds() for q in tiers if q.message_ttl] == [1.0, 5.0, 30.0]
-    work = [q for q in queues if not q.dead_letter_to_default and q.name != DEAD_LETTER]
+    work = [q for q in queues if not q.dead_letter_to_default and q.dead_letters]
+    work = [q for q in work if q.name != DEAD_LETTER]
     assert work
     assert all(q.dead_letter_exchange == DEAD_LETTER for q in work)
 

@@ -96,8 +96,9 @@ def core_topology() -> Topology:
         queues=(
             Queue(name=SCHEDULER_REQUESTS),
             Queue(name=SCHEDULER_REPORTS),
-            # Leases and capacity are latest-wins: an old one is worthless, so they expire.
-            Queue(name=SCHEDULER_HEARTBEATS, message_ttl=timedelta(minutes=2)),
+            # Leases and capacity are latest-wins: an old one is worthless, so it expires
+            # and is dropped rather than filling the dead-letter queue.
+            Queue(name=SCHEDULER_HEARTBEATS, message_ttl=timedelta(minutes=2), dead_letters=False),
         ),
         bindings=(
             Binding(queue=SCHEDULER_REQUESTS, exchange=REQUESTS, pattern="deployment.*"),

@@ -7,7 +7,7 @@ build exactly the same graph from one description.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 
@@ -39,6 +39,7 @@ class Queue:
     dead_letter_to_default: bool = False
     message_ttl: timedelta | None = None
     max_length: int | None = None
+    dead_letters: bool = True  # False: expired or over-delivered messages are simply dropped
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,7 +126,10 @@ class Topology:
             for delay in dict.fromkeys(retry.delays)
         )
         queues = (
-            *(q if q.dead_letter_exchange else _with_dlx(q, dead.exchange) for q in self.queues),
+            *(
+                _with_dlx(q, dead.exchange) if q.dead_letters and not q.dead_letter_exchange else q
+                for q in self.queues
+            ),
             Queue(name=dead.queue, delivery_limit=None),
             *tier_queues,
         )
@@ -138,14 +142,7 @@ class Topology:
 
 
 def _with_dlx(queue: Queue, exchange: str) -> Queue:
-    return Queue(
-        name=queue.name,
-        quorum=queue.quorum,
-        delivery_limit=queue.delivery_limit,
-        dead_letter_exchange=exchange,
-        message_ttl=queue.message_ttl,
-        max_length=queue.max_length,
-    )
+    return replace(queue, dead_letter_exchange=exchange)
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:

@@ -20,7 +20,9 @@ err = Console(stderr=True)
 
 def _register() -> None:
     # Sub-command modules register themselves on import; imported here to avoid cycles.
-    from flotilla.cli import broker, schemas  # noqa: F401
+    from flotilla.cli import broker, schemas, template  # noqa: F401
+
+    app.add_typer(template.app, name="template")
 
 
 def main() -> None:

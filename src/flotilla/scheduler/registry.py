@@ -1,0 +1,92 @@
+"""The site registry: what the scheduler knows of each site, fed by leases and capacity reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from flotilla.schemas import Capacity, Lease, SiteKind, SiteState, utc_now
+
+
+class Freshness(StrEnum):
+    """Whether a site may be chosen now."""
+
+    FRESH = "fresh"
+    STALE = "stale"
+    PENDING = "pending"  # not heard from since a scheduler restart, still within the grace period
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteView:
+    """The latest lease and capacity of one site, with when the scheduler received them."""
+
+    name: str
+    kind: SiteKind
+    state: SiteState = SiteState.READY
+    lease_expires: datetime | None = None
+    lease_sequence: int = -1
+    capacity: Capacity | None = None
+    capacity_received: datetime | None = None
+
+
+class SiteRegistry:
+    """Sites by name; a site whose lease has expired is stale and is not chosen.
+
+    Lease expiry is measured from when the scheduler received the lease (its own clock), so
+    a site's clock skew cannot keep it alive. After a restart every site known from storage
+    gets ``grace`` to report before it is judged stale.
+    """
+
+    def __init__(
+        self, *, grace: timedelta = timedelta(seconds=30), clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._sites: dict[str, SiteView] = {}
+        self._clock = clock
+        self._grace_until = clock() + grace
+
+    def __iter__(self) -> Iterator[SiteView]:
+        return iter(list(self._sites.values()))
+
+    def get(self, name: str) -> SiteView | None:
+        """The view of one site, if known."""
+        return self._sites.get(name)
+
+    def restore(self, name: str, kind: SiteKind) -> None:
+        """Remember a site known from storage; it is pending until it reports or grace ends."""
+        self._sites.setdefault(name, SiteView(name=name, kind=kind))
+
+    def apply_lease(self, lease: Lease) -> bool:
+        """Record a lease; an older or repeated sequence is ignored. Returns whether applied."""
+        view = self._sites.get(lease.site) or SiteView(name=lease.site, kind=lease.kind)
+        if lease.sequence <= view.lease_sequence:
+            return False
+        self._sites[lease.site] = replace(
+            view,
+            kind=lease.kind,
+            state=lease.state,
+            lease_expires=self._clock() + lease.ttl,
+            lease_sequence=lease.sequence,
+        )
+        return True
+
+    def apply_capacity(self, capacity: Capacity) -> bool:
+        """Record a capacity report; an older sequence is ignored. Returns whether applied."""
+        view = self._sites.get(capacity.site) or SiteView(name=capacity.site, kind=capacity.kind)
+        if view.capacity is not None and capacity.sequence <= view.capacity.sequence:
+            return False
+        self._sites[capacity.site] = replace(
+            view, kind=capacity.kind, capacity=capacity, capacity_received=self._clock()
+        )
+        return True
+
+    def freshness(self, name: str) -> Freshness:
+        """Whether the site's lease is valid now (or it is still within the restart grace)."""
+        view = self._sites.get(name)
+        now = self._clock()
+        if view is not None and view.lease_expires is not None and view.lease_expires > now:
+            return Freshness.FRESH
+        if view is not None and view.lease_expires is None and now < self._grace_until:
+            return Freshness.PENDING
+        return Freshness.STALE
