@@ -1,0 +1,101 @@
+"""The scheduler's records: deployments and their attempts, as stored and resumed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from flotilla.schemas import DeploymentRequest, DeploymentStatus, Envelope
+
+
+class Operation(StrEnum):
+    """The one operation a deployment may have in flight."""
+
+    CREATE = "create"
+    DELETE = "delete"
+
+
+class AttemptOutcome(StrEnum):
+    """How one attempt at one site ended (or that it has not yet)."""
+
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One try of a deployment at one site, with its cause when it failed."""
+
+    deployment_id: str
+    number: int
+    site: str
+    sla_id: str | None = None
+    started_at: datetime
+    deadline: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: AttemptOutcome = AttemptOutcome.IN_PROGRESS
+    cause_code: str | None = None
+    cause: str | None = None
+    released: bool = False
+    kept: bool = False
+    ranking: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The attempt's idempotency key: deployment id and attempt number."""
+        return f"{self.deployment_id}/{self.number}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentRecord:
+    """A deployment as the scheduler keeps it; ``version`` guards concurrent writers."""
+
+    id: str
+    request: DeploymentRequest
+    status: DeploymentStatus
+    status_reason: str | None = None
+    operation: Operation | None = Operation.CREATE
+    created_at: datetime
+    updated_at: datetime
+    deadline: datetime | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def owner(self) -> str:
+        """Who asked for it."""
+        return self.request.owner
+
+    @property
+    def group(self) -> str:
+        """The tenant group it belongs to."""
+        return self.request.group
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """Everything one step of the lifecycle writes, atomically.
+
+    The deployment, its touched attempts, the messages to publish (the outbox) and the
+    idempotency key of the message that caused the step are written in one transaction,
+    so a crash never loses a decision nor publishes one that was not stored.
+    """
+
+    deployment: DeploymentRecord
+    attempts: tuple[AttemptRecord, ...] = ()
+    outbox: tuple[Envelope, ...] = ()
+    handled_key: str | None = None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxEntry:
+    """A stored message waiting to be published."""
+
+    sequence: int
+    message: Envelope

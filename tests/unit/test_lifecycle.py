@@ -1,0 +1,269 @@
+"""Lifecycle: placement, failover with causes, timeouts, delete, one operation at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from flotilla.scheduler.lifecycle import (
+    Lifecycle,
+    LifecycleConfig,
+    OperationInProgressError,
+)
+from flotilla.scheduler.model import AttemptOutcome, Change
+from flotilla.scheduler.placement import Placer, Sla
+from flotilla.scheduler.registry import SiteRegistry
+from flotilla.scheduler.store import MemoryStore
+from flotilla.scheduler.tosca import TemplateError, TemplateProblem, TemplateRequirements
+from flotilla.schemas import (
+    AttemptRef,
+    DeleteRequest,
+    DeploymentDeleteRequested,
+    DeploymentProvisioned,
+    DeploymentReleased,
+    DeploymentRequest,
+    DeploymentRequested,
+    DeploymentStatus,
+    DeploymentStatusChanged,
+    Failure,
+    FailureCause,
+    ProvisionDeployment,
+    Provisioned,
+    ProvisioningFailed,
+    ReleaseDeployment,
+    new_id,
+)
+from tests.unit.test_placement import Clock, report, template, vm
+
+S = DeploymentStatus
+SLAS = [Sla(id=f"sla-{s}", group="physics", site=s) for s in ("alpha", "beta", "gamma")]
+
+
+class Templates:
+    """A template source that returns fixed requirements, or refuses one template."""
+
+    def __init__(self, requirements: TemplateRequirements) -> None:
+        self.requirements_value = requirements
+
+    async def requirements(self, template: str, inputs: Mapping[str, Any]) -> TemplateRequirements:
+        if template == "bad":
+            raise TemplateError(
+                [TemplateProblem(node="server", field="num_cpus", message="must be >= 1")]
+            )
+        return self.requirements_value
+
+
+class Harness:
+    """Drives a lifecycle over a memory store, committing every change like the service."""
+
+    def __init__(
+        self, clock: Clock, *, sites: tuple[str, ...] = ("alpha", "beta", "gamma")
+    ) -> None:
+        self.clock = clock
+        self.registry = SiteRegistry(grace=timedelta(0), clock=clock)
+        for i, site in enumerate(sites):
+            report(self.registry, site, cores=100 - i)  # alpha ranks first, then beta
+        self.store = MemoryStore()
+        self.lifecycle = Lifecycle(
+            store=self.store,
+            placer=Placer(self.registry, SLAS),
+            templates=Templates(template(vm())),
+            config=LifecycleConfig(site_timeout=timedelta(minutes=5)),
+            clock=clock,
+        )
+        self.sent: list[Any] = []
+
+    async def commit(self, change: Change | None) -> None:
+        assert change is not None
+        await self.store.commit(change)
+        self.sent.extend(change.outbox)
+
+    def commands(self, cls: type) -> list[Any]:
+        return [m for m in self.sent if isinstance(m, cls)]
+
+    def statuses(self) -> list[DeploymentStatus]:
+        return [m.data.status for m in self.sent if isinstance(m, DeploymentStatusChanged)]
+
+
+def request(deployment_id: str, **fields: Any) -> DeploymentRequested:
+    data = DeploymentRequest(
+        deployment_id=deployment_id, template="t", owner="ann", group="physics", **fields
+    )
+    return DeploymentRequested.create(data, source="/test")
+
+
+def failed(deployment_id: str, site: str, attempt: int, message: str) -> ProvisioningFailed:
+    cause = FailureCause(code="quota_exceeded", message=message, retryable=False)
+    data = Failure(deployment_id=deployment_id, site=site, attempt=attempt, cause=cause)
+    return ProvisioningFailed.create(data, source=f"/sites/{site}")
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness(Clock())
+
+
+async def test_request_is_placed_on_the_best_site(harness: Harness) -> None:
+    """A request yields CREATE_IN_PROGRESS and a provision command for the top-ranked site."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    (command,) = harness.commands(ProvisionDeployment)
+    assert command.data.site == "alpha"
+    assert command.data.plan.nodes[0].shape == "m1.large"
+    assert command.data.idempotency_key == f"{did}/1"
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.CREATE_IN_PROGRESS
+
+
+async def test_provisioned_completes_with_outputs(harness: Harness) -> None:
+    """A provisioned report completes the deployment and stores its outputs."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    done = Provisioned(deployment_id=did, site="alpha", attempt=1, outputs={"ip": "10.0.0.5"})
+    await harness.commit(
+        await harness.lifecycle.provisioned(DeploymentProvisioned.create(done, source="/s"))
+    )
+    record = await harness.store.get(did)
+    assert record is not None
+    assert (record.status, record.outputs, record.operation) == (
+        S.CREATE_COMPLETE,
+        {"ip": "10.0.0.5"},
+        None,
+    )
+
+
+async def test_failure_fails_over_and_records_every_cause(harness: Harness) -> None:
+    """Each failure releases at its site and moves on; exhaustion lists every attempt's cause."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did, max_sites=2)))
+    await harness.commit(await harness.lifecycle.failed(failed(did, "alpha", 1, "no cores left")))
+    assert [c.data.site for c in harness.commands(ProvisionDeployment)] == ["alpha", "beta"]
+    assert [r.data.site for r in harness.commands(ReleaseDeployment)] == ["alpha"]
+    await harness.commit(await harness.lifecycle.failed(failed(did, "beta", 2, "image missing")))
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.CREATE_FAILED
+    assert record.status_reason == (
+        "Retries on sites exhausted: alpha (attempt 1): no cores left; "
+        "beta (attempt 2): image missing"
+    )
+    attempts = await harness.store.attempts(did)
+    assert [(a.site, a.outcome) for a in attempts] == [
+        ("alpha", AttemptOutcome.FAILED),
+        ("beta", AttemptOutcome.FAILED),
+    ]
+    assert [r.data.site for r in harness.commands(ReleaseDeployment)] == ["alpha", "beta"]
+
+
+async def test_keep_last_attempt_skips_the_final_release(harness: Harness) -> None:
+    """With keep_last_attempt the last failed site keeps its resources for inspection."""
+    did = new_id()
+    await harness.commit(
+        await harness.lifecycle.requested(request(did, max_sites=1, keep_last_attempt=True))
+    )
+    await harness.commit(await harness.lifecycle.failed(failed(did, "alpha", 1, "boom")))
+    assert harness.commands(ReleaseDeployment) == []
+    (attempt,) = await harness.store.attempts(did)
+    assert attempt.kept
+
+
+async def test_site_timeout_fails_over(harness: Harness) -> None:
+    """An attempt with no result by its deadline counts as failed and the next site is tried."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    assert await harness.lifecycle.site_timed_out(did, 1) is None  # not due yet
+    harness.clock.now += timedelta(minutes=6)
+    report(harness.registry, "beta", seq=2)  # keep beta's lease fresh
+    await harness.commit(await harness.lifecycle.site_timed_out(did, 1))
+    assert [c.data.site for c in harness.commands(ProvisionDeployment)] == ["alpha", "beta"]
+    first = (await harness.store.attempts(did))[0]
+    assert first.outcome is AttemptOutcome.TIMED_OUT
+    assert first.cause is not None
+    assert first.cause.startswith("no result from site alpha")
+
+
+async def test_overall_timeout_fails_and_cleans_up(harness: Harness) -> None:
+    """The overall deadline fails the deployment and releases the attempt in flight."""
+    did = new_id()
+    await harness.commit(
+        await harness.lifecycle.requested(request(did, timeout=timedelta(minutes=2)))
+    )
+    harness.clock.now += timedelta(minutes=3)
+    await harness.commit(await harness.lifecycle.timed_out(did))
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.CREATE_FAILED
+    assert record.status_reason == "Timeout: maximum execution time exceeded"
+    assert [r.data.site for r in harness.commands(ReleaseDeployment)] == ["alpha"]
+
+
+async def test_delete_cancels_in_flight_and_completes_on_release(harness: Harness) -> None:
+    """Delete during create cancels the attempt, releases it, and completes when released."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    delete = DeploymentDeleteRequested.create(
+        DeleteRequest(deployment_id=did, requested_by="ann"), source="/t"
+    )
+    await harness.commit(await harness.lifecycle.delete_requested(delete))
+    assert harness.statuses()[-1] is S.DELETE_IN_PROGRESS
+    with pytest.raises(OperationInProgressError):
+        await harness.lifecycle.delete_requested(delete)
+    released = DeploymentReleased.create(
+        AttemptRef(deployment_id=did, site="alpha", attempt=1), source="/s"
+    )
+    await harness.commit(await harness.lifecycle.released(released))
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.DELETE_COMPLETE
+
+
+async def test_second_create_is_refused(harness: Harness) -> None:
+    """A second request for a deployment with an operation in flight is refused with a reason."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    with pytest.raises(OperationInProgressError, match="already has a create in progress"):
+        await harness.lifecycle.requested(request(did))
+
+
+async def test_bad_template_fails_with_node_and_field(harness: Harness) -> None:
+    """A template error ends CREATE_FAILED with the node and field in the reason."""
+    did = new_id()
+    data = DeploymentRequest(deployment_id=did, template="bad", owner="ann", group="physics")
+    await harness.commit(
+        await harness.lifecycle.requested(DeploymentRequested.create(data, source="/t"))
+    )
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.CREATE_FAILED
+    assert record.status_reason is not None
+    assert "server.num_cpus" in record.status_reason
+
+
+async def test_no_site_fits_explains_each_rejection(harness: Harness) -> None:
+    """With no eligible site the reason names every site and why it was rejected."""
+    did = new_id()
+    data = DeploymentRequest(deployment_id=did, template="t", owner="ann", group="chemistry")
+    await harness.commit(
+        await harness.lifecycle.requested(DeploymentRequested.create(data, source="/t"))
+    )
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status_reason is not None
+    assert record.status_reason.startswith(
+        "No site meets the deployment requirements: alpha: no SLA"
+    )
+
+
+async def test_late_report_of_a_superseded_attempt_is_ignored(harness: Harness) -> None:
+    """A success from an attempt that already failed over changes nothing."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    await harness.commit(await harness.lifecycle.failed(failed(did, "alpha", 1, "boom")))
+    late = Provisioned(deployment_id=did, site="alpha", attempt=1)
+    assert (
+        await harness.lifecycle.provisioned(DeploymentProvisioned.create(late, source="/s")) is None
+    )
