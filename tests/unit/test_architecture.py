@@ -27,6 +27,9 @@ CONFINED = {
     "kubernetes_asyncio": "agents/kubernetes",
     "asyncssh": "agents/hpc_slurm",
     "hvac": "secrets",
+    "sqlalchemy": "scheduler/sql",
+    "alembic": "scheduler/sql",
+    "asyncpg": "scheduler/sql",
 }
 
 

@@ -1,0 +1,244 @@
+"""The outbox relay: publishes what the scheduler committed, in order, with confirms.
+
+The scheduler never publishes directly. It writes its messages into the outbox in the
+same transaction as the state change (``Store.commit``), calls ``OutboxRelay.wake()``, and
+the relay publishes them and only then removes them from the outbox.
+
+Delivery is at-least-once. A crash between the broker's confirm and ``mark_sent`` leaves
+the entry in the outbox, so the next relay publishes it again with the same message id.
+Consumers are idempotent on the message id (``flotilla.bus.idempotent``), so the repeat
+is harmless; what can never happen is a published decision that was not stored, or a
+stored one that is never published.
+
+Failures:
+
+- ``RetryableError`` (broker unreachable, no confirm in time): the same entry is retried
+  with exponential backoff and nothing behind it is published, so order is kept. Nothing
+  is ever dropped.
+- ``PermanentError`` (e.g. unroutable: no queue bound, typically a site whose queue is not
+  declared yet or was removed): the entry is *parked*, not dropped and not moved. It stays
+  in the outbox, is logged once, and is tried again on a slow backoff (up to
+  ``park_limit``), because a site added later makes it routable. Dropping would lose a
+  decision; blocking the whole outbox behind it would stop every other site. Later entries
+  of the same deployment wait behind a parked one, so each deployment's messages stay in
+  order; other deployments go ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import structlog
+
+from flotilla.broker.topology import route
+from flotilla.bus import Bus
+from flotilla.errors import PermanentError, RetryableError
+from flotilla.scheduler.model import OutboxEntry
+from flotilla.scheduler.store import Store
+
+_log = structlog.get_logger("flotilla.scheduler.relay")
+T = TypeVar("T")
+
+
+@dataclass(slots=True, kw_only=True)
+class _Parked:
+    """An entry that failed permanently, and when to try it again."""
+
+    due: float
+    delay: float
+
+
+class OutboxRelay:
+    """Publishes pending outbox entries to the bus and removes them once confirmed.
+
+    Args:
+        store: Where the outbox lives.
+        bus: An open bus; ``publish`` returns once the broker confirmed.
+        poll_interval: How often to look for entries when nobody calls ``wake()``
+            (another process committed, or a wake-up was missed).
+        batch: Entries read from the outbox per round.
+        timeout: Bound of each store call and each publish.
+        retry_delays: First and longest delay between tries of a retryable failure.
+        park_limit: Longest delay between tries of a parked entry.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        poll_interval: timedelta = timedelta(milliseconds=200),
+        batch: int = 100,
+        timeout: timedelta = timedelta(seconds=30),
+        retry_delays: tuple[timedelta, timedelta] = (
+            timedelta(milliseconds=200),
+            timedelta(seconds=30),
+        ),
+        park_limit: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._poll = poll_interval.total_seconds()
+        self._batch = batch
+        self._timeout = timeout.total_seconds()
+        self._first_delay, self._max_delay = (d.total_seconds() for d in retry_delays)
+        self._park_limit = park_limit.total_seconds()
+        self._parked: dict[int, _Parked] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running = False
+        self._finished = asyncio.Event()
+
+    @property
+    def parked(self) -> frozenset[int]:
+        """Sequences of the entries held back after a permanent failure."""
+        return frozenset(self._parked)
+
+    def wake(self) -> None:
+        """Relay now: the scheduler calls this after each commit that wrote messages."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Relay until ``shutdown()``; returns at once if it was already shut down."""
+        if self._stopping.is_set() or self._running:
+            return
+        self._running = True
+        _log.info("outbox_relay_started", batch=self._batch, poll_interval=self._poll)
+        try:
+            while not self._stopping.is_set():
+                # Cleared before reading, so a commit made while relaying is not missed.
+                self._wake.clear()
+                if await self._relay_batch():
+                    continue  # a full batch: there may be more right away
+                await self._wait(self._wake, self._poll)
+        finally:
+            self._finished.set()
+            _log.info("outbox_relay_stopped")
+
+    async def shutdown(self) -> None:
+        """Stop after the entry being published; safe before ``run()`` and twice."""
+        self._stopping.set()
+        self._wake.set()
+        if self._running:
+            await self._finished.wait()
+
+    async def _relay_batch(self) -> bool:
+        """Publish one batch; True when the batch was full and more may be waiting."""
+        # Parked entries sit at the head of the outbox; read past them.
+        limit = self._batch + len(self._parked)
+        entries = await self._call_store(lambda: self._store.pending(limit))
+        if entries is None:
+            return False
+        held: set[str] = set()  # deployments with a parked entry: keep their order
+        relayed = 0
+        now = asyncio.get_running_loop().time()
+        for entry in entries:
+            if self._stopping.is_set():
+                return False
+            key = _ordering_key(entry)
+            parked = self._parked.get(entry.sequence)
+            if key in held or (parked is not None and parked.due > now):
+                held.add(key)
+            elif await self._relay(entry):
+                relayed += 1
+            else:
+                held.add(key)
+        # Forget parked entries that left the outbox some other way.
+        listed = {entry.sequence for entry in entries}
+        self._parked = {seq: p for seq, p in self._parked.items() if seq in listed}
+        # Only a full batch that made progress suggests more is ready; else wait.
+        return relayed > 0 and len(entries) >= limit
+
+    async def _relay(self, entry: OutboxEntry) -> bool:
+        """Publish one entry until it is confirmed or parked; True once it left the outbox."""
+        if not await self._publish(entry):
+            return False
+        # Between the confirm above and this delete a crash re-publishes the entry later.
+        while await self._call_store(lambda: self._mark_sent(entry)) is None:
+            if self._stopping.is_set():
+                return False
+        if self._parked.pop(entry.sequence, None) is not None:
+            _log.info("outbox_entry_unparked", sequence=entry.sequence, message_id=entry.message.id)
+        return True
+
+    async def _publish(self, entry: OutboxEntry) -> bool:
+        """Publish with retries; False when parked or stopping."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._bus.publish(entry.message, route(entry.message))
+            except (RetryableError, TimeoutError) as exc:
+                delay = self._delay(attempt)
+                attempt += 1
+                _log.warning(
+                    "outbox_publish_retrying",
+                    sequence=entry.sequence,
+                    message_id=entry.message.id,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=str(exc),
+                )
+                await self._wait(self._stopping, delay)
+            except (PermanentError, TypeError) as exc:  # TypeError: route() knows no route
+                self._park(entry, exc)
+                return False
+            else:
+                return True
+        return False
+
+    async def _mark_sent(self, entry: OutboxEntry) -> bool:
+        await self._store.mark_sent([entry.sequence])
+        return True
+
+    def _park(self, entry: OutboxEntry, exc: Exception) -> None:
+        """Hold an entry back on a slow backoff, logging only the first time."""
+        previous = self._parked.get(entry.sequence)
+        delay = min(self._park_limit, previous.delay * 2 if previous else self._first_delay * 5)
+        due = asyncio.get_running_loop().time() + delay
+        self._parked[entry.sequence] = _Parked(due=due, delay=delay)
+        if previous is None:
+            _log.error(
+                "outbox_entry_parked",
+                sequence=entry.sequence,
+                message_id=entry.message.id,
+                message_type=type(entry.message).__name__,
+                deployment_id=entry.message.correlationid,
+                error=str(exc),
+            )
+
+    async def _call_store(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """A bounded store call; None (after a backoff) when the store is unavailable."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call()
+        except (RetryableError, TimeoutError) as exc:
+            _log.warning("outbox_store_unavailable", error=str(exc))
+            await self._wait(self._stopping, self._first_delay * 5)
+            return None
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter, so many relays do not retry in step."""
+        ceiling = min(self._max_delay, self._first_delay * 2**attempt)
+        return random.uniform(self._first_delay, max(self._first_delay, ceiling))
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait for ``event`` or ``seconds``, whichever comes first.
+
+        ``shutdown()`` sets both events, so every wait ends promptly on stopping.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+
+
+def _ordering_key(entry: OutboxEntry) -> str:
+    """What must stay in order: a deployment's messages (else the message itself)."""
+    message = entry.message
+    return message.correlationid or message.subject or message.id

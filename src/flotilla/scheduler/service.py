@@ -1,0 +1,225 @@
+"""The scheduler service: consumes requests, reports and heartbeats; commits; relays; times out.
+
+``run()`` owns every task in one ``asyncio.TaskGroup``. Messages about one deployment are
+handled one at a time (a lock per deployment), and each handler commits a single ``Change``,
+after which the outbox relay is woken and the deployment's timers are re-armed from the
+stored deadlines, so a restarted scheduler resumes with the same timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from flotilla.broker import (
+    SCHEDULER_HEARTBEATS,
+    SCHEDULER_REPORTS,
+    SCHEDULER_REQUESTS,
+    site_user,
+)
+from flotilla.bus import Bus, Delivery, Middleware, Subscription, idempotent, sender_must_match
+from flotilla.errors import PermanentError
+from flotilla.scheduler.lifecycle import Lifecycle
+from flotilla.scheduler.model import AttemptOutcome, Change
+from flotilla.scheduler.placement import Placer
+from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.store import Store
+from flotilla.schemas import (
+    DeploymentDeleteRequested,
+    DeploymentProvisioned,
+    DeploymentReleased,
+    DeploymentRequested,
+    Message,
+    ProgressReported,
+    ProvisioningFailed,
+    ReleaseFailed,
+    SiteCapacity,
+    SiteLease,
+    utc_now,
+)
+
+_log = structlog.get_logger("flotilla.scheduler")
+_TIMER_RETRY = timedelta(seconds=5)
+
+
+class SchedulerService:
+    """One scheduler process (the active one, when several run)."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        store: Store,
+        lifecycle: Lifecycle,
+        placer: Placer,
+        relay: OutboxRelay,
+        verify_senders: bool = True,
+        prefetch: int = 64,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self._lifecycle = lifecycle
+        self._placer = placer
+        self._relay = relay
+        self._verify = verify_senders
+        self._prefetch = prefetch
+        self._clock = clock
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._stop = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+
+    async def run(self) -> None:
+        """Resume deployments in flight, consume until ``shutdown()``, then drain and stop."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self._relay.run())
+            await self._resume()
+            await self._subscribe()
+            await self._stop.wait()
+            await self._drain()
+
+    async def shutdown(self) -> None:
+        """Ask ``run()`` to stop; safe before start and twice."""
+        self._stop.set()
+
+    async def _subscribe(self) -> None:
+        reports: list[Middleware] = [idempotent(self._store)]
+        if self._verify:
+            reports.insert(0, sender_must_match(_site_sender))
+        self._subscriptions = [
+            await self._bus.subscribe(
+                SCHEDULER_REQUESTS,
+                self._on_request,
+                prefetch=self._prefetch,
+                middlewares=[idempotent(self._store)],
+            ),
+            await self._bus.subscribe(
+                SCHEDULER_REPORTS, self._on_report, prefetch=self._prefetch, middlewares=reports
+            ),
+            await self._bus.subscribe(
+                SCHEDULER_HEARTBEATS,
+                self._on_heartbeat,
+                prefetch=self._prefetch,
+                middlewares=reports[:1] if self._verify else [],
+            ),
+        ]
+
+    async def _drain(self) -> None:
+        await asyncio.gather(*(s.stop(timeout=10.0) for s in self._subscriptions))
+        for handles in self._timers.values():
+            for handle in handles:
+                handle.cancel()
+        await self._relay.shutdown()
+
+    async def _resume(self) -> None:
+        """Rebuild claims and timers for every deployment with an operation in flight."""
+        in_flight = await self._store.in_flight()
+        for record in in_flight:
+            for attempt in await self._store.attempts(record.id):
+                if attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                    self._arm_site_timer(record.id, attempt.number, attempt.deadline)
+            self._arm_overall_timer(record.id, record.deadline)
+        _log.info("scheduler_resumed", deployments=len(in_flight))
+
+    async def _on_request(self, message: Message, delivery: Delivery) -> None:
+        if isinstance(message, DeploymentRequested):
+            await self._step(message.data.deployment_id, lambda: self._lifecycle.requested(message))
+        elif isinstance(message, DeploymentDeleteRequested):
+            deployment_id = message.data.deployment_id
+            await self._step(deployment_id, lambda: self._lifecycle.delete_requested(message))
+        else:
+            raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
+
+    async def _on_report(self, message: Message, delivery: Delivery) -> None:
+        lifecycle = self._lifecycle
+        step: Callable[[], Awaitable[Change | None]]
+        if isinstance(message, DeploymentProvisioned):
+            step = lambda: lifecycle.provisioned(message)  # noqa: E731
+        elif isinstance(message, ProvisioningFailed):
+            step = lambda: lifecycle.failed(message)  # noqa: E731
+        elif isinstance(message, DeploymentReleased):
+            step = lambda: lifecycle.released(message)  # noqa: E731
+        elif isinstance(message, ReleaseFailed):
+            step = lambda: lifecycle.release_failed(message)  # noqa: E731
+        elif isinstance(message, ProgressReported):
+            return  # progress is for watchers; the lifecycle does not change on it
+        else:
+            raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
+        await self._step(message.data.deployment_id, step)
+
+    async def _on_heartbeat(self, message: Message, delivery: Delivery) -> None:
+        registry = self._placer.registry
+        if isinstance(message, SiteLease):
+            registry.apply_lease(message.data)
+        elif isinstance(message, SiteCapacity):
+            if registry.apply_capacity(message.data):
+                self._placer.claims.site_reported(message.data.site, self._clock())
+        else:
+            raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
+
+    async def _step(
+        self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]
+    ) -> None:
+        """Run one lifecycle step under the deployment's lock and commit what it decided."""
+        async with self._locks[deployment_id]:
+            change = await decide()
+            if change is None:
+                return
+            await self._store.commit(change)
+        self._relay.wake()
+        for attempt in change.attempts:
+            if attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                self._arm_site_timer(deployment_id, attempt.number, attempt.deadline)
+        if change.deployment.operation is None:
+            self._disarm(deployment_id)
+        else:
+            self._arm_overall_timer(deployment_id, change.deployment.deadline)
+
+    def _arm_site_timer(self, deployment_id: str, number: int, at: datetime | None) -> None:
+        if at is not None:
+            self._arm(
+                deployment_id, at, lambda: self._lifecycle.site_timed_out(deployment_id, number)
+            )
+
+    def _arm_overall_timer(self, deployment_id: str, at: datetime | None) -> None:
+        if at is not None:
+            self._arm(deployment_id, at, lambda: self._lifecycle.timed_out(deployment_id))
+
+    def _arm(
+        self, deployment_id: str, at: datetime, decide: Callable[[], Awaitable[Change | None]]
+    ) -> None:
+        delay = max((at - self._clock()).total_seconds(), 0.0)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay, self._fire, deployment_id, decide)
+        self._timers.setdefault(deployment_id, []).append(handle)
+
+    def _fire(self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]) -> None:
+        assert self._tasks is not None
+        self._tasks.create_task(self._timer_step(deployment_id, decide))
+
+    async def _timer_step(
+        self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]
+    ) -> None:
+        try:
+            await self._step(deployment_id, decide)
+        except Exception:
+            # A timer has no delivery to retry; log once here, the boundary, and re-arm.
+            _log.exception("timer_failed", deployment_id=deployment_id)
+            self._arm(deployment_id, self._clock() + _TIMER_RETRY, decide)
+
+    def _disarm(self, deployment_id: str) -> None:
+        for handle in self._timers.pop(deployment_id, []):
+            handle.cancel()
+
+
+def _site_sender(message: Message) -> str | None:
+    """The broker user a site report must come from."""
+    site = getattr(message.data, "site", None)
+    return site_user(site) if isinstance(site, str) else None

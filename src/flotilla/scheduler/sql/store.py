@@ -1,0 +1,351 @@
+"""``SqlStore``: the scheduler's ``Store`` on SQLAlchemy 2 async, SQLite or PostgreSQL.
+
+Every ``commit`` is one transaction: the deployment (guarded by its version), its attempts,
+its outbox messages and the handled key are all written, or none is. That is the
+transactional outbox: a crash never loses a decision nor publishes one that was not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from sqlalchemy import RowMapping, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from flotilla.errors import MessageDecodeError
+from flotilla.scheduler.model import (
+    AttemptOutcome,
+    AttemptRecord,
+    Change,
+    DeploymentRecord,
+    Operation,
+    OutboxEntry,
+)
+from flotilla.scheduler.sql.engine import create_engine
+from flotilla.scheduler.sql.error import StoreClosedError, translated
+from flotilla.scheduler.sql.migration import upgrade_to_head
+from flotilla.scheduler.sql.table import AttemptRow, DeploymentRow, HandledKeyRow, OutboxRow
+from flotilla.scheduler.store import StaleWriteError
+from flotilla.schemas import (
+    DeploymentRequest,
+    DeploymentStatus,
+    Envelope,
+    InvalidMessageError,
+    decode,
+    encode,
+    utc_now,
+)
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+
+class StoreState(StrEnum):
+    """Lifecycle of a store: a closed store refuses to be used."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class SqlStore:
+    """A ``Store`` in a SQL database.
+
+    Use it as an async context manager, or ``await SqlStore.open(url)`` and ``close()``.
+    Opening runs the Alembic migrations up to head unless ``migrate`` is false.
+
+    Args:
+        url: ``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://user@host/db``; the
+            plain dialect names ``sqlite://`` and ``postgresql://`` get the async driver.
+        migrate: Upgrade the schema to the newest revision when opening.
+        timeout: Bound of each store call, connection included.
+    """
+
+    def __init__(
+        self, url: str, *, migrate: bool = True, timeout: timedelta = timedelta(seconds=10)
+    ) -> None:
+        self._url = url
+        self._migrate = migrate
+        self._timeout = timeout
+        self._engine: AsyncEngine | None = None
+        self._state = StoreState.UNOPENED
+
+    @classmethod
+    async def open(
+        cls, url: str, *, migrate: bool = True, timeout: timedelta = timedelta(seconds=10)
+    ) -> Self:
+        """Open a store (migrating it first); the caller must ``close()`` it."""
+        store = cls(url, migrate=migrate, timeout=timeout)
+        return await store.__aenter__()
+
+    @property
+    def state(self) -> StoreState:
+        """Whether the store is open."""
+        return self._state
+
+    async def __aenter__(self) -> Self:
+        if self._state is not StoreState.UNOPENED:
+            raise StoreClosedError(f"the store is already {self._state.value}")
+        if self._migrate:
+            await upgrade_to_head(self._url, timeout=self._timeout * 6)
+        self._engine = create_engine(self._url, pool_pre_ping=True)
+        self._state = StoreState.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every pooled connection; safe to call twice."""
+        if self._state is StoreState.CLOSED:
+            return
+        self._state = StoreState.CLOSED
+        if self._engine is not None:
+            async with translated("close the store", timeout=self._timeout):
+                await self._engine.dispose()
+
+    async def get(self, deployment_id: str) -> DeploymentRecord | None:
+        """One deployment, if it exists."""
+
+        async def work(conn: AsyncConnection) -> DeploymentRecord | None:
+            query = select(DeploymentRow).where(DeploymentRow.id == deployment_id)
+            row = (await conn.execute(query)).mappings().one_or_none()
+            return None if row is None else _deployment(row)
+
+        return await self._run("read a deployment", work)
+
+    async def attempts(self, deployment_id: str) -> list[AttemptRecord]:
+        """A deployment's attempts, first to last."""
+
+        async def work(conn: AsyncConnection) -> list[AttemptRecord]:
+            query = (
+                select(AttemptRow)
+                .where(AttemptRow.deployment_id == deployment_id)
+                .order_by(AttemptRow.number)
+            )
+            return [_attempt(row) for row in (await conn.execute(query)).mappings()]
+
+        return await self._run("read attempts", work)
+
+    async def in_flight(self) -> list[DeploymentRecord]:
+        """Deployments with an operation in progress, to resume after a restart."""
+
+        async def work(conn: AsyncConnection) -> list[DeploymentRecord]:
+            query = select(DeploymentRow).where(DeploymentRow.operation.is_not(None))
+            return [_deployment(row) for row in (await conn.execute(query)).mappings()]
+
+        return await self._run("list in-flight deployments", work)
+
+    async def commit(self, change: Change) -> DeploymentRecord:
+        """Write a change in one transaction and return the deployment with its new version.
+
+        Raises:
+            StaleWriteError: ``expected_version`` no longer matches the stored one; nothing
+                of the change is written.
+            DatabaseUnavailableError: the database could not be reached in time.
+        """
+
+        async def work(conn: AsyncConnection) -> DeploymentRecord:
+            version = await self._write_deployment(conn, change)
+            await self._write_attempts(conn, change)
+            await self._write_outbox(conn, change)
+            if change.handled_key is not None:
+                await conn.execute(self._insert_key(change.handled_key))
+            return replace(change.deployment, version=version)
+
+        return await self._run("commit a deployment change", work)
+
+    async def is_done(self, key: str) -> bool:
+        """Whether the message with this idempotency key was already handled."""
+
+        async def work(conn: AsyncConnection) -> bool:
+            query = select(HandledKeyRow.key).where(HandledKeyRow.key == key)
+            return (await conn.execute(query)).first() is not None
+
+        return await self._run("read a handled key", work)
+
+    async def mark_done(self, key: str) -> None:
+        """Record a handled key outside of a change (for messages that change nothing)."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(self._insert_key(key))
+
+        await self._run("record a handled key", work)
+
+    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
+        """Outbox messages not yet published, oldest first.
+
+        Raises:
+            MessageDecodeError: a stored message no longer decodes (e.g. after a downgrade).
+        """
+
+        async def work(conn: AsyncConnection) -> list[OutboxEntry]:
+            query = select(OutboxRow).order_by(OutboxRow.sequence).limit(limit)
+            return [_entry(row) for row in (await conn.execute(query)).mappings()]
+
+        return await self._run("read the outbox", work)
+
+    async def mark_sent(self, sequences: list[int]) -> None:
+        """Remove published messages from the outbox."""
+        if not sequences:
+            return
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(delete(OutboxRow).where(OutboxRow.sequence.in_(sequences)))
+
+        await self._run("remove sent messages", work)
+
+    async def _run(self, what: str, work: Work[T]) -> T:
+        """Run ``work`` in one transaction, bounded and with errors translated."""
+        engine = self._require_open()
+        async with translated(what, timeout=self._timeout), engine.begin() as conn:
+            return await work(conn)
+
+    async def _write_deployment(self, conn: AsyncConnection, change: Change) -> int:
+        """Insert or update the deployment row and return its new version."""
+        values = _deployment_values(change.deployment)
+        expected = change.expected_version
+        if expected is None:
+            # Like MemoryStore: no expectation means create, or overwrite whatever is there.
+            upsert = self._insert(DeploymentRow).values(**values, version=1)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=[DeploymentRow.id],
+                set_={**_without_id(values), "version": DeploymentRow.version + 1},
+            )
+            result = await conn.execute(upsert.returning(DeploymentRow.version))
+            return int(result.scalar_one())
+        guarded = (
+            update(DeploymentRow)
+            .where(DeploymentRow.id == change.deployment.id, DeploymentRow.version == expected)
+            .values(**values, version=expected + 1)
+        )
+        if (await conn.execute(guarded)).rowcount == 0:
+            stored = await conn.scalar(
+                select(DeploymentRow.version).where(DeploymentRow.id == change.deployment.id)
+            )
+            raise StaleWriteError(
+                f"deployment changed (version {stored}, expected {expected})",
+                deployment_id=change.deployment.id,
+            )
+        return expected + 1
+
+    async def _write_attempts(self, conn: AsyncConnection, change: Change) -> None:
+        """Upsert the touched attempts by (deployment, number)."""
+        for attempt in change.attempts:
+            values = _attempt_values(attempt, change.deployment.id)
+            upsert = self._insert(AttemptRow).values(**values)
+            await conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[AttemptRow.deployment_id, AttemptRow.number], set_=values
+                )
+            )
+
+    async def _write_outbox(self, conn: AsyncConnection, change: Change) -> None:
+        """Append the change's messages to the outbox, in order."""
+        if not change.outbox:
+            return
+        now = utc_now()
+        rows = [
+            {"message_id": m.id, "message": encode(m).decode(), "created_at": now}
+            for m in change.outbox
+        ]
+        # One row per statement keeps the sequence in the change's order on every dialect.
+        for row in rows:
+            await conn.execute(insert(OutboxRow).values(**row))
+
+    def _insert_key(self, key: str) -> Any:
+        """Insert a handled key unless it is already there (marking twice is harmless)."""
+        statement = self._insert(HandledKeyRow).values(key=key, created_at=utc_now())
+        return statement.on_conflict_do_nothing(index_elements=[HandledKeyRow.key])
+
+    def _insert(self, table: type[Any]) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ``ON CONFLICT`` on both SQLite and PostgreSQL."""
+        if self._require_open().dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _require_open(self) -> AsyncEngine:
+        if self._state is not StoreState.OPEN or self._engine is None:
+            raise StoreClosedError(f"the store is {self._state.value}; open it with 'async with'")
+        return self._engine
+
+
+def _deployment_values(record: DeploymentRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "request": record.request.model_dump(mode="json"),
+        "status": record.status.value,
+        "status_reason": record.status_reason,
+        "operation": None if record.operation is None else record.operation.value,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "deadline": record.deadline,
+        "outputs": record.outputs,
+    }
+
+
+def _without_id(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name != "id"}
+
+
+def _deployment(row: RowMapping) -> DeploymentRecord:
+    operation = row["operation"]
+    return DeploymentRecord(
+        id=row["id"],
+        request=DeploymentRequest.model_validate(row["request"]),
+        status=DeploymentStatus(row["status"]),
+        status_reason=row["status_reason"],
+        operation=None if operation is None else Operation(operation),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deadline=row["deadline"],
+        outputs=row["outputs"],
+        version=row["version"],
+    )
+
+
+def _attempt_values(attempt: AttemptRecord, deployment_id: str) -> dict[str, Any]:
+    # Keyed by the change's deployment, as MemoryStore files attempts under it.
+    return {
+        "deployment_id": deployment_id,
+        "number": attempt.number,
+        "site": attempt.site,
+        "sla_id": attempt.sla_id,
+        "started_at": attempt.started_at,
+        "deadline": attempt.deadline,
+        "finished_at": attempt.finished_at,
+        "outcome": attempt.outcome.value,
+        "cause_code": attempt.cause_code,
+        "cause": attempt.cause,
+        "released": attempt.released,
+        "kept": attempt.kept,
+        "ranking": attempt.ranking,
+    }
+
+
+def _attempt(row: RowMapping) -> AttemptRecord:
+    values = dict(row)
+    values["outcome"] = AttemptOutcome(values["outcome"])
+    return AttemptRecord(**values)
+
+
+def _entry(row: RowMapping) -> OutboxEntry:
+    try:
+        message: Envelope = decode(row["message"].encode())
+    except InvalidMessageError as exc:
+        raise MessageDecodeError(
+            f"outbox entry {row['sequence']} no longer decodes: {exc.reason}",
+            resource=f"outbox/{row['sequence']}",
+        ) from exc
+    return OutboxEntry(sequence=row["sequence"], message=message)

@@ -1,0 +1,407 @@
+"""The store contract: MemoryStore and SqlStore (SQLite, PostgreSQL) behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from flotilla.errors import PermanentError, RetryableError
+from flotilla.scheduler.model import (
+    AttemptOutcome,
+    AttemptRecord,
+    Change,
+    DeploymentRecord,
+    Operation,
+)
+from flotilla.scheduler.sql import (
+    SqlStore,
+    StoreClosedError,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
+from flotilla.scheduler.sql.table import metadata
+from flotilla.scheduler.store import MemoryStore, StaleWriteError, Store
+from flotilla.schemas import (
+    DeleteRequest,
+    DeploymentDeleteRequested,
+    DeploymentRequest,
+    DeploymentStatus,
+    Envelope,
+    Scheduling,
+    SchedulingMode,
+    decode,
+    encode,
+    new_id,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+TABLES = {"deployments", "attempts", "outbox", "handled_keys", "alembic_version"}
+T = TypeVar("T")
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def pg_url(database: str) -> str:
+    """The URL of one database on the test PostgreSQL."""
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
+
+
+async def _admin(statement: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _in_thread(work: Coroutine[Any, Any, T]) -> T:
+    # Module fixtures are synchronous (so memory and SQLite runs need no PostgreSQL), yet
+    # are requested from a running loop: their async work runs on a loop of its own.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this module, migrated to head; dropped afterwards."""
+    name = f"flotilla_store_{uuid.uuid4().hex[:10]}"
+    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        _in_thread(upgrade_to_head(pg_url(name)))
+        yield name
+    finally:
+        _in_thread(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("TRUNCATE attempts, deployments, outbox, handled_keys"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store of each kind."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
+    else:
+        url = pg_url(request.getfixturevalue("pg_database"))
+        await _truncate(url)
+    async with SqlStore(url) as sql_store:
+        yield sql_store
+
+
+def make_request(**overrides: object) -> DeploymentRequest:
+    """A deployment request with every kind of field set."""
+    values: dict[str, object] = {
+        "deployment_id": new_id(),
+        "template": "tosca_definitions_version: tosca_simple_yaml_1_0\n",
+        "inputs": {"cpus": 4, "ratio": 0.5, "tags": ["a", "b"], "nested": {"x": None}},
+        "owner": "alice",
+        "group": "physics",
+        "scheduling": Scheduling(mode=SchedulingMode.MANUAL, site="alpha"),
+        "timeout": timedelta(hours=2),
+        "site_timeout": timedelta(minutes=20, seconds=30),
+        "max_sites": 3,
+        "callback_url": "https://example.org/cb",
+    }
+    values.update(overrides)
+    return DeploymentRequest.model_validate(values)
+
+
+def make_record(
+    operation: Operation | None = Operation.CREATE, **overrides: object
+) -> DeploymentRecord:
+    """A new deployment record (version 0, never stored)."""
+    request = make_request()
+    record = DeploymentRecord(
+        id=request.deployment_id,
+        request=request,
+        status=DeploymentStatus.CREATE_IN_PROGRESS,
+        status_reason="placing",
+        operation=operation,
+        created_at=T0,
+        updated_at=T0 + timedelta(seconds=1),
+        deadline=T0 + timedelta(hours=2),
+        outputs={"endpoint": "https://vm.example.org", "ports": [22, 443]},
+    )
+    return replace(record, **overrides)  # type: ignore[arg-type]
+
+
+def make_attempt(deployment_id: str, number: int, **overrides: object) -> AttemptRecord:
+    """An attempt of a deployment."""
+    attempt = AttemptRecord(
+        deployment_id=deployment_id,
+        number=number,
+        site=f"site-{number}",
+        sla_id="sla-1",
+        started_at=T0 + timedelta(minutes=number),
+        deadline=T0 + timedelta(minutes=number + 20),
+        ranking={"score": 0.75, "reasons": ["cheap", "close"]},
+    )
+    return replace(attempt, **overrides)  # type: ignore[arg-type]
+
+
+def make_message(deployment_id: str) -> DeploymentDeleteRequested:
+    """An outbox message correlated with the deployment."""
+    data = DeleteRequest(deployment_id=deployment_id, requested_by="alice")
+    return DeploymentDeleteRequested.create(data, source="/flotilla/test")
+
+
+async def test_commit_and_get_round_trip(store: Store) -> None:
+    """A committed deployment reads back equal, with version 1 and aware UTC timestamps."""
+    record = make_record()
+
+    committed = await store.commit(Change(deployment=record))
+    stored = await store.get(record.id)
+
+    assert committed == replace(record, version=1)
+    assert stored == committed
+    assert stored is not None
+    assert stored.created_at.tzinfo is not None
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert await store.get(new_id()) is None
+
+
+async def test_non_utc_timestamps_read_back_as_the_same_instant(store: Store) -> None:
+    """A timestamp in another zone reads back as the same instant."""
+    zone = datetime.now().astimezone().tzinfo
+    local = T0.astimezone(zone)
+    record = make_record(created_at=local, operation=None, outputs={}, deadline=None)
+
+    await store.commit(Change(deployment=record))
+    stored = await store.get(record.id)
+
+    assert stored is not None
+    assert stored.created_at == T0
+    assert stored.deadline is None
+    assert stored.operation is None
+    assert stored.outputs == {}
+
+
+async def test_attempts_in_order_and_upserted_by_number(store: Store) -> None:
+    """Attempts come back by number; committing the same number again replaces it."""
+    record = make_record()
+    first, second = make_attempt(record.id, 1), make_attempt(record.id, 2)
+    v1 = await store.commit(Change(deployment=record, attempts=(second, first)))
+
+    failed = replace(
+        first,
+        outcome=AttemptOutcome.FAILED,
+        finished_at=T0 + timedelta(minutes=5),
+        cause_code="quota",
+        cause="quota exceeded",
+        released=True,
+        kept=True,
+    )
+    await store.commit(Change(deployment=v1, attempts=(failed,), expected_version=1))
+
+    assert await store.attempts(record.id) == [failed, second]
+    assert await store.attempts(new_id()) == []
+
+
+async def test_in_flight_lists_only_deployments_with_an_operation(store: Store) -> None:
+    """in_flight returns the deployments with an operation and none of the settled ones."""
+    creating = make_record(Operation.CREATE)
+    deleting = make_record(Operation.DELETE)
+    settled = make_record(None, status=DeploymentStatus.CREATE_COMPLETE)
+    for record in (creating, deleting, settled):
+        await store.commit(Change(deployment=record))
+
+    found = {record.id: record.operation for record in await store.in_flight()}
+
+    assert found == {creating.id: Operation.CREATE, deleting.id: Operation.DELETE}
+
+
+async def test_expected_version_is_checked(store: Store) -> None:
+    """A matching expected version bumps the version; no expectation overwrites as is."""
+    record = make_record()
+    v1 = await store.commit(Change(deployment=record))
+
+    v2 = await store.commit(
+        Change(deployment=replace(v1, status_reason="second"), expected_version=1)
+    )
+    v3 = await store.commit(Change(deployment=replace(v2, status_reason="third")))
+
+    assert (v2.version, v3.version) == (2, 3)
+    assert await store.get(record.id) == v3
+
+
+async def test_stale_write_raises_and_writes_nothing(store: Store) -> None:
+    """A stale expected version raises StaleWriteError; no row, message or key is written."""
+    record = make_record()
+    v1 = await store.commit(Change(deployment=record))
+    key = f"stale-{new_id()}"
+    stale = Change(
+        deployment=replace(v1, status=DeploymentStatus.CREATE_FAILED),
+        attempts=(make_attempt(record.id, 1),),
+        outbox=(make_message(record.id),),
+        handled_key=key,
+        expected_version=7,
+    )
+
+    with pytest.raises(StaleWriteError) as raised:
+        await store.commit(stale)
+
+    assert raised.value.deployment_id == record.id
+    assert await store.get(record.id) == v1
+    assert await store.attempts(record.id) == []
+    assert await store.pending() == []
+    assert not await store.is_done(key)
+
+
+async def test_failing_change_writes_nothing(store: Store) -> None:
+    """When one part of a change is refused, the deployment and its messages are not written."""
+    if isinstance(store, MemoryStore):
+        pytest.skip("MemoryStore accepts naive timestamps; only a database refuses them")
+    record = make_record()
+    naive = make_attempt(record.id, 1, started_at=datetime(2026, 1, 1))
+
+    with pytest.raises(PermanentError):
+        await store.commit(
+            Change(deployment=record, attempts=(naive,), outbox=(make_message(record.id),))
+        )
+
+    assert await store.get(record.id) is None
+    assert await store.pending() == []
+
+
+async def test_expected_version_of_a_missing_deployment_is_stale(store: Store) -> None:
+    """Expecting a version of a deployment that does not exist raises and creates nothing."""
+    record = make_record()
+
+    with pytest.raises(StaleWriteError):
+        await store.commit(Change(deployment=record, expected_version=0))
+
+    assert await store.get(record.id) is None
+
+
+async def test_handled_keys(store: Store) -> None:
+    """Keys from a change and from mark_done are done; marking twice is harmless."""
+    record = make_record()
+    in_change, alone, unknown = (f"key-{new_id()}" for _ in range(3))
+    await store.commit(Change(deployment=record, handled_key=in_change))
+    await store.mark_done(alone)
+    await store.mark_done(alone)
+
+    assert await store.is_done(in_change)
+    assert await store.is_done(alone)
+    assert not await store.is_done(unknown)
+
+
+async def test_outbox_pending_in_order_and_mark_sent(store: Store) -> None:
+    """Messages are pending in commit order, decode back equal, and leave on mark_sent."""
+    first, second = make_record(), make_record()
+    sent: list[Envelope] = [make_message(first.id), make_message(first.id)]
+    sent.append(make_message(second.id))
+    await store.commit(Change(deployment=first, outbox=(sent[0], sent[1])))
+    await store.commit(Change(deployment=second, outbox=(sent[2],)))
+
+    pending = await store.pending()
+    assert [entry.message for entry in pending] == sent
+    assert [decode(encode(entry.message)) for entry in pending] == sent
+    sequences = [entry.sequence for entry in pending]
+    assert sequences == sorted(sequences)
+    assert [e.message for e in await store.pending(limit=2)] == sent[:2]
+
+    await store.mark_sent(sequences[:2])
+    await store.mark_sent([])
+    assert [entry.message for entry in await store.pending()] == sent[2:]
+    await store.mark_sent(sequences)
+    assert await store.pending() == []
+
+
+async def test_sequences_are_not_reused_after_mark_sent(store: Store) -> None:
+    """A message written after the outbox emptied gets a higher sequence than any before."""
+    record = make_record()
+    v1 = await store.commit(Change(deployment=record, outbox=(make_message(record.id),)))
+    [old] = await store.pending()
+    await store.mark_sent([old.sequence])
+
+    await store.commit(Change(deployment=v1, outbox=(make_message(record.id),)))
+
+    [new] = await store.pending()
+    assert new.sequence > old.sequence
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_migration_creates_schema_and_is_idempotent(
+    request: pytest.FixtureRequest, kind: str, tmp_path: Path
+) -> None:
+    """Migrating an empty database creates the tables at head; a second run changes nothing."""
+    name = f"flotilla_migrate_{uuid.uuid4().hex[:10]}"
+    if kind == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    else:
+        await _admin(f'CREATE DATABASE "{name}"')
+        url = pg_url(name)
+    try:
+        assert await current_revision(url) is None
+        await upgrade_to_head(url)
+        async with SqlStore(url, migrate=False) as store:
+            record = await store.commit(Change(deployment=make_record()))
+
+        await upgrade_to_head(url)
+
+        assert await current_revision(url) == head_revision()
+        assert await _schema_drift(url) == ([], TABLES)
+        async with SqlStore(url, migrate=False) as store:
+            assert await store.get(record.id) == record
+    finally:
+        if kind == "postgresql":
+            await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def _schema_drift(url: str) -> tuple[list[object], set[str]]:
+    """Differences between the migrated database and ``table.py``, and its table names."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+
+            def inspect_schema(sync: object) -> tuple[list[object], set[str]]:
+                context = MigrationContext.configure(sync, opts={"compare_type": True})  # type: ignore[arg-type]
+                diff = compare_metadata(context, metadata)
+                return diff, set(inspect(sync).get_table_names())
+
+            return await conn.run_sync(inspect_schema)
+    finally:
+        await engine.dispose()
+
+
+async def test_unreachable_database_is_retryable() -> None:
+    """Opening a store on a port nobody listens on raises a RetryableError."""
+    url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
+
+    with pytest.raises(RetryableError):
+        await SqlStore.open(url, timeout=timedelta(seconds=5))
+
+
+async def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    """A closed SqlStore raises StoreClosedError instead of touching a disposed engine."""
+    store = await SqlStore.open(f"sqlite+aiosqlite:///{tmp_path / 'closed.db'}")
+    await store.close()
+    await store.close()
+
+    with pytest.raises(StoreClosedError):
+        await store.get(new_id())

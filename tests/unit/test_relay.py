@@ -1,0 +1,295 @@
+"""The outbox relay: committed messages reach their queues in order, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from flotilla.broker import core_topology, site_topology
+from flotilla.broker.topology import (
+    DELIVERY_POLICY,
+    SCHEDULER_REQUESTS,
+    mirror_topology,
+    site_commands_queue,
+)
+from flotilla.bus import MemoryBus, Route
+from flotilla.bus.memory import MemoryBroker
+from flotilla.errors import BusUnavailableError
+from flotilla.scheduler.model import Change, DeploymentRecord, OutboxEntry
+from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.store import MemoryStore
+from flotilla.schemas import (
+    DeleteRequest,
+    DeploymentDeleteRequested,
+    DeploymentRequest,
+    DeploymentStatus,
+    DeploymentStatusChanged,
+    Envelope,
+    Release,
+    ReleaseDeployment,
+    StatusChange,
+    new_id,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+SITE_QUEUE = site_commands_queue("alpha")
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+FAST = (timedelta(milliseconds=1), timedelta(milliseconds=10))  # retry delays
+
+
+def record(deployment_id: str) -> DeploymentRecord:
+    """A deployment to attach messages to."""
+    request = DeploymentRequest(
+        deployment_id=deployment_id, template="x", owner="alice", group="physics"
+    )
+    return DeploymentRecord(
+        id=deployment_id,
+        request=request,
+        status=DeploymentStatus.CREATE_IN_PROGRESS,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def release(deployment_id: str, attempt: int = 1) -> ReleaseDeployment:
+    """A command routed to site alpha's queue."""
+    data = Release(
+        deployment_id=deployment_id,
+        site="alpha",
+        attempt=attempt,
+        idempotency_key=f"{deployment_id}/{attempt}",
+        reason="test",
+    )
+    return ReleaseDeployment.create(data, source="/flotilla/scheduler")
+
+
+def delete_requested(deployment_id: str) -> DeploymentDeleteRequested:
+    """A request routed to the scheduler's requests queue."""
+    data = DeleteRequest(deployment_id=deployment_id, requested_by="alice")
+    return DeploymentDeleteRequested.create(data, source="/flotilla/scheduler")
+
+
+def status_changed(deployment_id: str) -> DeploymentStatusChanged:
+    """A public event: unroutable until a consumer of the events exchange is declared."""
+    data = StatusChange(
+        deployment_id=deployment_id,
+        status=DeploymentStatus.CREATE_IN_PROGRESS,
+        owner="alice",
+        group="physics",
+    )
+    return DeploymentStatusChanged.create(data, source="/flotilla/scheduler")
+
+
+class WatchedStore(MemoryStore):
+    """A MemoryStore that lets a test await a condition on its outbox."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+        self.reads = 0
+
+    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
+        """Pending entries; counts the read."""
+        entries = await super().pending(limit)
+        self.reads += 1
+        await self._notify()
+        return entries
+
+    async def mark_sent(self, sequences: list[int]) -> None:
+        """Forget published messages and wake the waiters."""
+        await super().mark_sent(sequences)
+        await self._notify()
+
+    async def wait_until(self, check: Callable[[list[OutboxEntry]], bool]) -> None:
+        """Wait (up to 5 s) until ``check`` holds for the pending entries."""
+        async with asyncio.timeout(5), self.changed:
+            while not check(await super().pending(limit=1000)):
+                await self.changed.wait()
+
+    async def wait_empty(self) -> None:
+        """Wait until the outbox is empty."""
+        await self.wait_until(lambda entries: not entries)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+@dataclass(slots=True)
+class World:
+    """A memory broker with the core and site alpha topology, a bus on it, and a store."""
+
+    broker: MemoryBroker
+    bus: MemoryBus
+    store: WatchedStore
+
+    async def commit(self, *messages: Envelope) -> None:
+        """Commit a new deployment change carrying ``messages`` in its outbox."""
+        deployment_id = messages[0].correlationid or new_id()
+        await self.store.commit(Change(deployment=record(deployment_id), outbox=messages))
+
+    def received(self, queue: str) -> list[str]:
+        """Message ids that reached ``queue``, in order (taking them off the queue)."""
+        items = self.broker.queue(queue).items
+        return [items.get_nowait().delivery.message_id or "" for _ in range(items.qsize())]
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    """An open memory bus with the scheduler's and site alpha's queues declared."""
+    broker = MemoryBroker()
+    async with MemoryBus(policy=DELIVERY_POLICY, broker=broker, user="scheduler") as bus:
+        await bus.declare(core_topology())
+        await bus.declare(site_topology("alpha"))
+        yield World(broker=broker, bus=bus, store=WatchedStore())
+
+
+@asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
+    """Run the relay in a task for the block, then shut it down."""
+    task = asyncio.create_task(relay.run())
+    try:
+        yield task
+    finally:
+        await relay.shutdown()
+        await task
+
+
+async def test_messages_reach_their_queues_in_order(world: World) -> None:
+    """Committed messages arrive in commit order on their queues and the outbox empties."""
+    a, b = new_id(), new_id()
+    first, second, third = release(a, 1), release(a, 2), delete_requested(b)
+    await world.commit(first, second)
+    await world.commit(third)
+
+    async with running(OutboxRelay(world.store, world.bus, retry_delays=FAST)):
+        await world.store.wait_empty()
+
+    assert world.received(SITE_QUEUE) == [first.id, second.id]
+    assert world.received(SCHEDULER_REQUESTS) == [third.id]
+
+
+async def test_wake_relays_without_waiting_for_the_poll(world: World) -> None:
+    """With an hour-long poll interval, wake() after a commit publishes at once."""
+    relay = OutboxRelay(world.store, world.bus, poll_interval=timedelta(hours=1))
+    async with running(relay):
+        async with asyncio.timeout(5), world.store.changed:  # the first, empty round
+            await world.store.changed.wait_for(lambda: world.store.reads > 0)
+        message = release(new_id())
+        await world.commit(message)
+        relay.wake()
+        await world.store.wait_empty()
+
+    assert world.received(SITE_QUEUE) == [message.id]
+
+
+class StallingStore(WatchedStore):
+    """A store whose mark_sent hangs while ``stalling``: the relay "crashes" after the confirm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalling = True
+        self.marking = asyncio.Event()
+
+    async def mark_sent(self, sequences: list[int]) -> None:
+        """While stalling, signal and hang until cancelled; else mark as usual."""
+        if self.stalling:
+            self.marking.set()
+            await asyncio.Event().wait()
+        await super().mark_sent(sequences)
+
+
+async def test_crash_before_mark_sent_republishes_with_the_same_id(world: World) -> None:
+    """A relay killed between publish and mark_sent leaves the entry; the next one resends it."""
+    store = world.store = StallingStore()
+    message = release(new_id())
+    await world.commit(message)
+    crashed = asyncio.create_task(OutboxRelay(store, world.bus).run())
+    async with asyncio.timeout(5):
+        await store.marking.wait()
+    crashed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await crashed
+    assert [entry.message.id for entry in await store.pending()] == [message.id]
+
+    store.stalling = False  # the restarted process, on the same durable outbox
+    async with running(OutboxRelay(store, world.bus)):
+        await store.wait_empty()
+
+    assert world.received(SITE_QUEUE) == [message.id, message.id]
+
+
+class FlakyBus(MemoryBus):
+    """A memory bus whose first ``failures`` publishes fail as if the broker were down."""
+
+    def __init__(self, broker: MemoryBroker, failures: int) -> None:
+        super().__init__(policy=DELIVERY_POLICY, broker=broker)
+        self.failures = failures
+
+    async def publish(
+        self, message: Envelope, route: Route, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Fail while failures remain, then publish."""
+        if self.failures > 0:
+            self.failures -= 1
+            raise BusUnavailableError("broker down (simulated)")
+        await super().publish(message, route, headers=headers)
+
+
+async def test_retryable_failures_are_retried_in_order(world: World) -> None:
+    """Publishes failing with a RetryableError are retried; nothing is dropped or reordered."""
+    deployment = new_id()
+    messages = [release(deployment, n) for n in (1, 2, 3)]
+    await world.commit(*messages)
+
+    async with FlakyBus(world.broker, failures=5) as bus:
+        async with running(OutboxRelay(world.store, bus, retry_delays=FAST)):
+            await world.store.wait_empty()
+        assert bus.failures == 0
+
+    assert world.received(SITE_QUEUE) == [m.id for m in messages]
+
+
+async def test_unroutable_entry_is_parked_not_dropped(world: World) -> None:
+    """An unroutable message is kept and holds back its deployment only; it goes once routable."""
+    held, free = new_id(), new_id()
+    event, command = status_changed(held), release(held)
+    other = delete_requested(free)
+    await world.commit(event, command)
+    await world.commit(other)
+    relay = OutboxRelay(world.store, world.bus, retry_delays=FAST)
+
+    async with running(relay):
+        await world.store.wait_until(
+            lambda entries: [e.message.id for e in entries] == [event.id, command.id]
+        )
+        assert len(relay.parked) == 1
+        assert world.broker.depth(SITE_QUEUE) == 0
+
+        await world.bus.declare(mirror_topology())  # a consumer of the events appears
+        await world.store.wait_empty()
+
+    assert relay.parked == frozenset()
+    assert world.received("flotilla.mqtt-mirror") == [event.id]
+    assert world.received(SITE_QUEUE) == [command.id]
+    assert world.received(SCHEDULER_REQUESTS) == [other.id]
+
+
+async def test_shutdown_is_idempotent_and_safe_before_run(world: World) -> None:
+    """shutdown() before run() and twice is harmless, and run() then returns at once."""
+    await world.commit(release(new_id()))
+    relay = OutboxRelay(world.store, world.bus)
+
+    await relay.shutdown()
+    await relay.shutdown()
+    async with asyncio.timeout(1):
+        await relay.run()
+
+    assert len(await world.store.pending()) == 1

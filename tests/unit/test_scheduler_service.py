@@ -1,0 +1,217 @@
+"""The scheduler service end to end on the in-memory bus: request to final status, failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from flotilla.broker import (
+    DELIVERY_POLICY,
+    EVENTS,
+    core_topology,
+    route,
+    site_commands_queue,
+    site_topology,
+    site_user,
+)
+from flotilla.bus import Binding, Delivery, Queue, Topology
+from flotilla.bus.memory import MemoryBroker, MemoryBus
+from flotilla.scheduler.lifecycle import Lifecycle
+from flotilla.scheduler.placement import Placer, Sla
+from flotilla.scheduler.registry import SiteRegistry
+from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.service import SchedulerService
+from flotilla.scheduler.store import MemoryStore
+from flotilla.schemas import (
+    Capabilities,
+    Capacity,
+    DeploymentProvisioned,
+    DeploymentRequest,
+    DeploymentRequested,
+    DeploymentStatus,
+    DeploymentStatusChanged,
+    Envelope,
+    Failure,
+    FailureCause,
+    Lease,
+    Message,
+    ProvisionDeployment,
+    Provisioned,
+    ProvisioningFailed,
+    QuotaUsage,
+    SiteCapacity,
+    SiteKind,
+    SiteLease,
+    WorkloadKind,
+    decode,
+    new_id,
+)
+from tests.unit.test_lifecycle import Templates
+from tests.unit.test_placement import SHAPES, template, vm
+
+SITES = ("alpha", "beta")
+
+
+async def eventually(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is true, failing after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+WATCH = "test.events"
+
+
+@dataclass
+class Federation:
+    """A scheduler on a memory broker, with one bus per site agent and an event watcher."""
+
+    broker: MemoryBroker
+    upstream: MemoryBus
+    sites: dict[str, MemoryBus]
+    events: asyncio.Queue[DeploymentStatusChanged]
+    commands: dict[str, asyncio.Queue[Message]]
+
+    async def publish_as(self, site: str, message: Envelope) -> None:
+        await self.sites[site].publish(message, route(message))
+
+    async def status(self, deployment_id: str, wanted: DeploymentStatus) -> DeploymentStatusChanged:
+        async with asyncio.timeout(10):
+            while True:
+                event = await self.events.get()
+                if event.data.deployment_id == deployment_id and event.data.status is wanted:
+                    return event
+
+
+async def report_site(bus: MemoryBus, site: str, cores: float) -> None:
+    lease = Lease(
+        site=site, kind=SiteKind.OPENSTACK, ttl=timedelta(minutes=5), sequence=1, agent_instance="t"
+    )
+    capacity = Capacity(
+        site=site,
+        kind=SiteKind.OPENSTACK,
+        sequence=1,
+        capabilities=Capabilities(workload_kinds=[WorkloadKind.VIRTUAL_MACHINE], shapes=SHAPES),
+        quotas=[QuotaUsage(resource="cores", limit=cores)],
+    )
+    for message in (
+        SiteLease.create(lease, source=f"/sites/{site}"),
+        SiteCapacity.create(capacity, source=f"/sites/{site}"),
+    ):
+        await bus.publish(message, route(message))
+
+
+@pytest.fixture
+async def federation() -> AsyncIterator[Federation]:
+    broker = MemoryBroker()
+    scheduler_bus = MemoryBus(policy=DELIVERY_POLICY, broker=broker, user="flotilla-scheduler")
+    upstream = MemoryBus(policy=DELIVERY_POLICY, broker=broker, user="portal")
+    site_buses = {
+        s: MemoryBus(policy=DELIVERY_POLICY, broker=broker, user=site_user(s)) for s in SITES
+    }
+    async with scheduler_bus, upstream:
+        for bus in site_buses.values():
+            await bus.__aenter__()
+        await scheduler_bus.declare(core_topology())
+        for site in SITES:
+            await scheduler_bus.declare(site_topology(site))
+        await scheduler_bus.declare(
+            Topology(
+                policy=DELIVERY_POLICY,
+                queues=(Queue(name=WATCH),),
+                bindings=(Binding(queue=WATCH, exchange=EVENTS, pattern="deployment.#"),),
+            )
+        )
+        events: asyncio.Queue[DeploymentStatusChanged] = asyncio.Queue()
+        commands: dict[str, asyncio.Queue[Message]] = {s: asyncio.Queue() for s in SITES}
+
+        async def watch(delivery: Delivery) -> None:
+            message = decode(delivery.body)
+            assert isinstance(message, DeploymentStatusChanged)
+            events.put_nowait(message)
+
+        await upstream.subscribe_raw(WATCH, watch)
+        for site in SITES:
+
+            async def take(message: Message, delivery: Delivery, site: str = site) -> None:
+                commands[site].put_nowait(message)
+
+            await site_buses[site].subscribe(site_commands_queue(site), take)
+
+        store = MemoryStore()
+        registry = SiteRegistry(grace=timedelta(0))
+        placer = Placer(registry, [Sla(id=f"sla-{s}", group="physics", site=s) for s in SITES])
+        service = SchedulerService(
+            bus=scheduler_bus,
+            store=store,
+            lifecycle=Lifecycle(store=store, placer=placer, templates=Templates(template(vm()))),
+            placer=placer,
+            relay=OutboxRelay(store, scheduler_bus),
+        )
+        task = asyncio.create_task(service.run())
+        await report_site(site_buses["alpha"], "alpha", cores=100)
+        await report_site(site_buses["beta"], "beta", cores=50)
+        await eventually(lambda: all(registry.get(s) and registry.get(s).capacity for s in SITES))
+        yield Federation(broker, upstream, site_buses, events, commands)
+        await service.shutdown()
+        await task
+        for bus in site_buses.values():
+            await bus.close()
+
+
+async def next_command(federation: Federation, site: str) -> Message:
+    async with asyncio.timeout(10):
+        return await federation.commands[site].get()
+
+
+async def submit(federation: Federation) -> str:
+    did = new_id()
+    request = DeploymentRequest(deployment_id=did, template="t", owner="ann", group="physics")
+    message = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(message, route(message))
+    return did
+
+
+async def test_request_reaches_create_complete(federation: Federation) -> None:
+    """A request is placed on alpha, alpha reports success, and CREATE_COMPLETE is published."""
+    did = await submit(federation)
+    command = await next_command(federation, "alpha")
+    assert isinstance(command, ProvisionDeployment)
+    done = Provisioned(deployment_id=did, site="alpha", attempt=1, outputs={"ip": "10.1.1.1"})
+    await federation.publish_as("alpha", DeploymentProvisioned.create(done, source="/sites/alpha"))
+    event = await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+    assert event.data.site == "alpha"
+
+
+async def test_failure_fails_over_to_the_next_site(federation: Federation) -> None:
+    """alpha fails; the same deployment is commanded to beta and completes there."""
+    did = await submit(federation)
+    await next_command(federation, "alpha")
+    cause = FailureCause(code="quota_exceeded", message="cores", retryable=False)
+    failure = Failure(deployment_id=did, site="alpha", attempt=1, cause=cause)
+    await federation.publish_as("alpha", ProvisioningFailed.create(failure, source="/sites/alpha"))
+    release = await next_command(federation, "alpha")
+    assert release.type == "flotilla.site.release"
+    command = await next_command(federation, "beta")
+    assert isinstance(command, ProvisionDeployment)
+    assert command.data.attempt == 2
+    done = Provisioned(deployment_id=did, site="beta", attempt=2)
+    await federation.publish_as("beta", DeploymentProvisioned.create(done, source="/sites/beta"))
+    await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+
+
+async def test_a_site_cannot_report_for_another(federation: Federation) -> None:
+    """A report about alpha sent with beta's credentials is dead-lettered, not applied."""
+    did = await submit(federation)
+    await next_command(federation, "alpha")
+    forged = Provisioned(deployment_id=did, site="alpha", attempt=1)
+    await federation.publish_as("beta", DeploymentProvisioned.create(forged, source="/sites/beta"))
+    async with asyncio.timeout(10):
+        dead = await federation.broker.queue(DELIVERY_POLICY.dead_letter.queue).items.get()
+    assert "may not publish" in dead.delivery.headers["x-flotilla-reason"]
