@@ -273,8 +273,6 @@ async def test_stale_write_raises_and_writes_nothing(store: Store) -> None:
 
 async def test_failing_change_writes_nothing(store: Store) -> None:
     """When one part of a change is refused, the deployment and its messages are not written."""
-    if isinstance(store, MemoryStore):
-        pytest.skip("MemoryStore accepts naive timestamps; only a database refuses them")
     record = make_record()
     naive = make_attempt(record.id, 1, started_at=datetime(2026, 1, 1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Protocol
 
 from flotilla.errors import PermanentError
@@ -89,6 +90,7 @@ class MemoryStore:
 
     async def commit(self, change: Change) -> DeploymentRecord:
         """Apply a change; all of it or nothing."""
+        _require_aware(change)
         current = self._deployments.get(change.deployment.id)
         stored_version = current.version if current else None
         if change.expected_version is not None and stored_version != change.expected_version:
@@ -124,3 +126,13 @@ class MemoryStore:
         """Forget published messages."""
         for sequence in sequences:
             self._outbox.pop(sequence, None)
+
+
+def _require_aware(change: Change) -> None:
+    """Refuse naive timestamps, as the SQL store does: a time without a zone is ambiguous."""
+    records: list[DeploymentRecord | AttemptRecord] = [change.deployment, *change.attempts]
+    for record in records:
+        for name in ("created_at", "updated_at", "deadline", "started_at", "finished_at"):
+            value = getattr(record, name, None)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise PermanentError(f"{type(record).__name__}.{name} has no time zone")
