@@ -1,8 +1,9 @@
 """The handler middleware chain: cross-cutting handling of a delivery, written once.
 
-A middleware is ``async (context, next) -> None``. The chain every subscription runs is
-``log context -> decode -> <caller's middlewares> -> handler``; raising from any step ends the
-delivery with that error, and ``flotilla.bus.outcome.decide`` turns it into a broker action.
+A middleware is ``async (context, next) -> None``. The chain every subscription runs
+is ``decode (binding the log context) -> <caller's middlewares> -> handler``; raising
+from any step ends the delivery with that error, and ``flotilla.bus.outcome.decide``
+turns it into a broker action.
 """
 
 from __future__ import annotations
@@ -35,9 +36,15 @@ async def decode_message(context: Context, call_next: Next) -> None:
     except InvalidMessageError as exc:
         raise MessageDecodeError(f"malformed message: {exc.reason}") from exc
     context.message = message
-    site = getattr(message.data, "site", None)
+    delivery = context.delivery
+    # One binding for the whole delivery: each bound key costs a context-variable set and
+    # reset, and this runs for every message on the bus.
     with structlog.contextvars.bound_contextvars(
-        deployment_id=message.correlationid, site=site, message_type=message.type
+        message_id=delivery.message_id,
+        queue=delivery.queue,
+        deployment_id=message.correlationid,
+        site=getattr(message.data, "site", None),
+        message_type=message.type,
     ):
         await call_next(context)
 
@@ -85,7 +92,7 @@ def build_chain(middlewares: Sequence[Middleware], handler: Handler) -> Next:
         await handler(context.message, context.delivery)
 
     chain: Next = call_handler
-    for middleware in reversed((bind_log_context, decode_message, *middlewares)):
+    for middleware in reversed((decode_message, *middlewares)):
         chain = _link(middleware, chain)
     return chain
 

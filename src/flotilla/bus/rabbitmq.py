@@ -1,0 +1,491 @@
+"""The RabbitMQ bus: the production ``Bus``, and the only module that imports aio-pika.
+
+Publishing is persistent, ``mandatory`` and confirmed; a publish that meets a dropped
+connection waits for the robust reconnection and tries again until the broker confirms or
+the publish timeout expires. Each subscription consumes on its own channel with manual
+acknowledgement and runs every delivery through the same chain and outcome table as the
+memory bus (``flotilla.bus.dispatch``); retries and dead-letters are confirmed copies
+published before the original is acknowledged, so a crash in between duplicates a message
+but never loses one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    PublishError,
+)
+from aiormq.exceptions import ChannelAccessRefused
+
+from flotilla.bus.dispatch import RETRIES_HEADER, failure_headers, process
+from flotilla.bus.middleware import build_chain, build_raw_chain
+from flotilla.bus.outcome import Action, Decision
+from flotilla.bus.port import BusState, Delivery, Handler, Middleware, Next, RawHandler, Route
+from flotilla.bus.topology import DeliveryPolicy, Queue, Topology
+from flotilla.errors import (
+    BusClosedError,
+    BusUnavailableError,
+    PermanentError,
+    UnroutableMessageError,
+)
+from flotilla.schemas import Envelope, encode
+
+_log = structlog.get_logger("flotilla.bus")
+
+SENDER_HEADER = "x-flotilla-sender"
+"""The original sender of a retried or dead-lettered copy (the copy's user_id is ours)."""
+
+_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+# Headers the broker owns; a republished copy must not carry the previous queue's history.
+_BROKER_HEADERS = ("x-death", "x-first-death", "x-last-death", "x-delivery-count")
+# Errors after which the same publish may succeed once the robust connection is back.
+_TRANSIENT = (AMQPError, ConnectionError, OSError, RuntimeError)
+_FIRST_BACKOFF = 0.05
+
+
+class RabbitBus:
+    """A ``Bus`` on RabbitMQ, through one robust connection.
+
+    Args:
+        url: The AMQP URL, e.g. ``amqp://user:password@host:5672/vhost``.
+        policy: Where retried and dead-lettered deliveries go.
+        user: The login; set as ``user_id`` on every message so the broker vouches for
+            the sender. Defaults to the URL's user.
+        publish_timeout: Seconds a publish may wait for a confirm, reconnection included.
+        heartbeat: AMQP heartbeat in seconds, to notice a dead peer.
+        reconnect_interval: Seconds between reconnection attempts.
+        name: Connection name shown in the management UI.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        policy: DeliveryPolicy,
+        user: str | None = None,
+        publish_timeout: float = 30.0,
+        heartbeat: int = 30,
+        reconnect_interval: float = 1.0,
+        name: str = "flotilla",
+    ) -> None:
+        self.policy = policy
+        self._url = url
+        self._user = user if user is not None else _url_user(url)
+        self._publish_timeout = publish_timeout
+        self._heartbeat = heartbeat
+        self._reconnect_interval = reconnect_interval
+        self._name = name
+        self._state = BusState.UNOPENED
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._subscriptions: list[RabbitSubscription] = []
+
+    @property
+    def state(self) -> BusState:
+        """Whether the bus is open."""
+        return self._state
+
+    @property
+    def user(self) -> str | None:
+        """The login whose name the broker stamps on published messages."""
+        return self._user
+
+    async def __aenter__(self) -> Self:
+        if self._state is not BusState.UNOPENED:
+            raise BusClosedError(f"the bus is {self._state.value}; it opens only once")
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self._url,
+                heartbeat=self._heartbeat,
+                reconnect_interval=self._reconnect_interval,
+                client_properties={"connection_name": self._name},
+            )
+            self._channel = await self._open_channel(publisher_confirms=True)
+        except _TRANSIENT as exc:
+            await self._close_connection()
+            raise BusUnavailableError(f"cannot connect to RabbitMQ: {exc}") from exc
+        self._state = BusState.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare exchanges, quorum queues with their retry/dead-letter arguments, bindings.
+
+        Raises:
+            PermanentError: an entity exists with other arguments.
+            BusUnavailableError: the broker is unreachable.
+        """
+        self._require_open()
+        exchanges, queues, bindings = topology.declarations()
+        channel = await self._open_channel(publisher_confirms=False)
+        try:
+            for exchange in exchanges:
+                await channel.declare_exchange(
+                    exchange.name, type=exchange.type.value, durable=True, robust=False
+                )
+            for queue in queues:
+                await channel.declare_queue(
+                    queue.name, durable=True, arguments=_queue_arguments(queue), robust=False
+                )
+            for binding in bindings:
+                amqp_queue = await channel.get_queue(binding.queue, ensure=False)
+                await amqp_queue.bind(binding.exchange, binding.pattern)
+        except (ChannelPreconditionFailed, ChannelNotFoundEntity, ChannelAccessRefused) as exc:
+            raise PermanentError(f"cannot declare the topology: {exc}") from exc
+        except _TRANSIENT as exc:
+            raise BusUnavailableError(f"cannot declare the topology: {exc}") from exc
+        finally:
+            with contextlib.suppress(*_TRANSIENT):
+                await channel.close()
+
+    async def publish(
+        self, message: Envelope, route: Route, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish persistently and return once the broker has confirmed the message.
+
+        Raises:
+            UnroutableMessageError: no queue is bound for the route.
+            BusUnavailableError: not confirmed within the publish timeout.
+        """
+        self._require_open()
+        amqp_message = aio_pika.Message(
+            body=encode(message),
+            headers=dict(headers) if headers else None,
+            content_type="application/json",
+            delivery_mode=_PERSISTENT,
+            message_id=message.id,
+            type=getattr(message, "type", None),
+            correlation_id=message.correlationid,
+            timestamp=message.time,
+            user_id=self._user,
+        )
+        await self._publish(amqp_message, route.exchange, route.routing_key)
+
+    async def subscribe(
+        self,
+        queue: str,
+        handler: Handler,
+        *,
+        prefetch: int = 16,
+        middlewares: Sequence[Middleware] = (),
+    ) -> RabbitSubscription:
+        """Consume ``queue`` through the standard chain and ``middlewares`` into ``handler``."""
+        return await self._start(queue, build_chain(middlewares, handler), prefetch)
+
+    async def subscribe_raw(
+        self, queue: str, handler: RawHandler, *, prefetch: int = 16
+    ) -> RabbitSubscription:
+        """Consume ``queue`` without decoding, e.g. to inspect a dead-letter queue."""
+        return await self._start(queue, build_raw_chain(handler), prefetch)
+
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Stop every subscription (draining up to ``timeout``) and close; safe to repeat."""
+        if self._state is BusState.CLOSED:
+            return
+        self._state = BusState.CLOSED
+        await asyncio.gather(*(s.stop(timeout=timeout) for s in self._subscriptions))
+        await self._close_connection()
+
+    async def settle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, decision: Decision
+    ) -> None:
+        """Carry out the broker action for a finished delivery (see ``flotilla.bus.outcome``)."""
+        if decision.action is Action.REQUEUE:
+            await message.nack(requeue=True)
+            return
+        if decision.action is Action.RETRY:
+            tier = self.policy.retry.tier(delivery.retries)
+            await self._forward(message, delivery, decision, tier, retries=delivery.retries + 1)
+        elif decision.action is Action.DEAD_LETTER:
+            exchange = self.policy.dead_letter.exchange
+            await self._forward(message, delivery, decision, exchange, retries=delivery.retries)
+        await message.ack()
+
+    def delivery(self, message: AbstractIncomingMessage, queue: str) -> Delivery:
+        """Convert an aio-pika delivery from ``queue`` into the port's ``Delivery``."""
+        headers: dict[str, Any] = dict(message.headers or {})
+        user_id = message.user_id
+        sender = headers.get(SENDER_HEADER)
+        # Only a copy we forwarded ourselves (user_id is our login, which the broker
+        # vouches for) may speak for its original sender; anyone else's header is a claim.
+        if isinstance(sender, str) and user_id is not None and user_id == self._user:
+            user_id = sender
+        return Delivery(
+            body=message.body,
+            queue=queue,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            message_id=message.message_id,
+            user_id=user_id,
+            headers=headers,
+            redelivered=bool(message.redelivered),
+            retries=_retries(headers.get(RETRIES_HEADER)),
+        )
+
+    async def _forward(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        decision: Decision,
+        exchange: str,
+        *,
+        retries: int,
+    ) -> None:
+        headers = {
+            key: value
+            for key, value in failure_headers(delivery, decision, retries=retries).items()
+            if not key.startswith(_BROKER_HEADERS)
+        }
+        if delivery.user_id is not None:
+            headers[SENDER_HEADER] = delivery.user_id
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=_PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            user_id=self._user,
+        )
+        await self._publish(copy, exchange, delivery.queue)
+
+    async def _publish(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
+        # Not _require_open(): while close() drains, finished handlers still forward copies.
+        channel = self._channel
+        if channel is None:
+            raise BusClosedError("the bus is closed")
+        last_error: BaseException | None = None
+        backoff = _FIRST_BACKOFF
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                while True:
+                    try:
+                        await self._publish_once(channel, message, exchange, routing_key)
+                    except _TRANSIENT as exc:
+                        last_error = exc
+                        _log.warning("publish_retrying", exchange=exchange, error=repr(exc))
+                    else:
+                        return
+                    # The error may arrive before the channel notices it is closed; the
+                    # backoff keeps this loop from spinning until the restore starts.
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._reconnect_interval)
+                    await channel.ready()
+        except TimeoutError as exc:
+            raise BusUnavailableError(
+                f"RabbitMQ did not confirm a message to {exchange!r} "
+                f"within {self._publish_timeout}s: {last_error!r}"
+            ) from (last_error or exc)
+
+    async def _publish_once(
+        self,
+        channel: AbstractRobustChannel,
+        message: aio_pika.Message,
+        exchange: str,
+        routing_key: str,
+    ) -> None:
+        try:
+            await self._exchange(channel, exchange).publish(message, routing_key, mandatory=True)
+        except PublishError as exc:
+            raise UnroutableMessageError(
+                f"no queue bound on {exchange!r} for {routing_key!r}"
+            ) from exc
+        except ChannelNotFoundEntity as exc:
+            raise UnroutableMessageError(f"cannot publish to {exchange!r}: {exc}") from exc
+        except (ChannelAccessRefused, ChannelPreconditionFailed) as exc:
+            raise PermanentError(f"RabbitMQ refused a message to {exchange!r}: {exc}") from exc
+
+    def _exchange(self, channel: AbstractRobustChannel, name: str) -> AbstractExchange:
+        # A handle, not a declaration: publishing only needs the name and the channel,
+        # and the robust channel swaps its underlying channel in place on reconnection.
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = aio_pika.Exchange(channel, name, passive=True)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def _start(self, queue: str, chain: Next, prefetch: int) -> RabbitSubscription:
+        self._require_open()
+        channel = await self._open_channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            amqp_queue = await channel.declare_queue(queue, passive=True)
+            subscription = RabbitSubscription(self, amqp_queue, chain, channel)
+            await subscription.start()
+        except BaseException as exc:
+            with contextlib.suppress(*_TRANSIENT):
+                await channel.close()
+            if isinstance(exc, ChannelNotFoundEntity):
+                raise PermanentError(f"no queue named {queue!r}") from exc
+            if isinstance(exc, _TRANSIENT):
+                raise BusUnavailableError(f"cannot consume {queue!r}: {exc}") from exc
+            raise
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def _open_channel(self, *, publisher_confirms: bool) -> AbstractRobustChannel:
+        assert self._connection is not None
+        channel = self._connection.channel(
+            publisher_confirms=publisher_confirms, on_return_raises=publisher_confirms
+        )
+        await channel
+        return channel
+
+    async def _close_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(*_TRANSIENT):
+                await connection.close()
+
+    def _require_open(self) -> AbstractRobustChannel:
+        if self._state is not BusState.OPEN or self._channel is None:
+            raise BusClosedError(f"the bus is {self._state.value}; open it with 'async with'")
+        return self._channel
+
+
+class RabbitSubscription:
+    """Consumes one queue on its own channel, each delivery handled in a tracked task."""
+
+    def __init__(
+        self,
+        bus: RabbitBus,
+        queue: AbstractRobustQueue,
+        chain: Next,
+        channel: AbstractRobustChannel,
+    ) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._chain = chain
+        self._channel = channel
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumer_tag: str | None = None
+        self._stopped = False
+
+    @property
+    def queue(self) -> str:
+        """The queue consumed."""
+        return self._queue.name
+
+    async def start(self) -> None:
+        """Start consuming; the robust channel consumes again after a reconnection."""
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Stop intake, let in-flight deliveries finish up to ``timeout``, cancel the rest.
+
+        Cancelled deliveries are not acknowledged, so the broker delivers them again.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._cancel_consumer(timeout)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closing the channel returns prefetched deliveries that never reached a handler.
+        with contextlib.suppress(*_TRANSIENT):
+            await self._channel.close()
+
+    async def _cancel_consumer(self, limit: float) -> None:
+        if self._consumer_tag is None:
+            return
+        try:
+            async with asyncio.timeout(limit):
+                await self._queue.cancel(self._consumer_tag)
+        except (TimeoutError, *_TRANSIENT) as exc:
+            # The channel close below stops the consumer as well.
+            _log.warning("consumer_cancel_failed", queue=self.queue, error=repr(exc))
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopped:
+            return  # left unacknowledged: the channel close hands it back to the broker
+        # Handlers run in our own tasks, not aio-pika's, so that a connection blip does not
+        # cancel work in progress and stop() can drain and cancel exactly what it owns.
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        delivery = self._bus.delivery(message, self.queue)
+        decision = await process(self._chain, delivery, self._bus.policy.retry)
+        try:
+            await self._bus.settle(message, delivery, decision)
+        except Exception as exc:
+            # Unsettled means unacknowledged: the broker delivers it again.
+            _log.error(
+                "delivery_settle_failed",
+                queue=self.queue,
+                message_id=delivery.message_id,
+                action=decision.action.value,
+                error=repr(exc),
+            )
+            with contextlib.suppress(*_TRANSIENT):
+                await message.nack(requeue=True)
+        if decision.action is Action.REQUEUE:
+            raise asyncio.CancelledError
+
+
+def _queue_arguments(queue: Queue) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    if queue.quorum:
+        arguments["x-queue-type"] = "quorum"
+        if queue.delivery_limit is not None:
+            arguments["x-delivery-limit"] = queue.delivery_limit
+    if queue.dead_letter_to_default:
+        # Expired retry copies go back via the default exchange to the queue named by
+        # their routing key, which is the queue they failed in.
+        arguments["x-dead-letter-exchange"] = ""
+    elif queue.dead_letter_exchange:
+        arguments["x-dead-letter-exchange"] = queue.dead_letter_exchange
+    if queue.quorum and "x-dead-letter-exchange" in arguments:
+        # At-most-once dead-lettering would drop a message whose retry delay expires while
+        # the target is unavailable; at-least-once requires reject-publish overflow.
+        arguments["x-dead-letter-strategy"] = "at-least-once"
+        arguments["x-overflow"] = "reject-publish"
+    if queue.message_ttl is not None:
+        arguments["x-message-ttl"] = int(queue.message_ttl.total_seconds() * 1000)
+    if queue.max_length is not None:
+        arguments["x-max-length"] = queue.max_length
+    return arguments
+
+
+def _retries(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _url_user(url: str) -> str | None:
+    username = urlsplit(url).username
+    return unquote(username) if username else None
+
+
+__all__ = ["SENDER_HEADER", "RabbitBus", "RabbitSubscription"]
