@@ -6,6 +6,8 @@ For example ``FLOTILLA_BUS__URL=amqp://...`` sets ``Settings().bus.url``. Loaded
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -50,6 +52,28 @@ class MqttSettings(BaseModel):
     topic_prefix: str = Field(default="flotilla/events", description="Prefix of mirrored topics.")
 
 
+class SchedulerSettings(BaseModel):
+    """The scheduler process."""
+
+    store_url: SecretStr = Field(
+        default=SecretStr("sqlite+aiosqlite:///flotilla.db"),
+        description="Database URL: SQLite by default, postgresql+asyncpg://... in production.",
+    )
+    sla_file: Path | None = Field(
+        default=None, description="YAML list of SLAs: id, group, site, preference, limits."
+    )
+    site_timeout: timedelta = Field(
+        default=timedelta(minutes=30), gt=timedelta(0), description="Default per-site timeout."
+    )
+    max_sites: int = Field(default=3, ge=1, le=100, description="Default sites to try.")
+    grace: timedelta = Field(
+        default=timedelta(seconds=30), description="Time sites get to report after a restart."
+    )
+    verify_senders: bool = Field(
+        default=True, description="Require site reports to come from that site's broker user."
+    )
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -73,4 +97,7 @@ class Settings(BaseSettings):
         default_factory=ManagementSettings, description="Broker management API."
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT mirror.")
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="Scheduler process."
+    )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from flotilla.errors import RetryableError
 from flotilla.scheduler.lifecycle import (
     Lifecycle,
     LifecycleConfig,
@@ -267,3 +268,19 @@ async def test_late_report_of_a_superseded_attempt_is_ignored(harness: Harness) 
     assert (
         await harness.lifecycle.provisioned(DeploymentProvisioned.create(late, source="/s")) is None
     )
+
+
+async def test_no_site_within_the_start_grace_is_retried_not_failed(harness: Harness) -> None:
+    """Right after a start, an empty ranking is a retryable error, not CREATE_FAILED."""
+    lifecycle = Lifecycle(
+        store=harness.store,
+        placer=Placer(SiteRegistry(grace=timedelta(0), clock=harness.clock), SLAS),
+        templates=Templates(template(vm())),
+        config=LifecycleConfig(grace=timedelta(seconds=30)),
+        clock=harness.clock,
+    )
+    with pytest.raises(RetryableError, match="not reported since the scheduler started"):
+        await lifecycle.requested(request(new_id()))
+    harness.clock.now += timedelta(seconds=31)
+    change = await lifecycle.requested(request(new_id()))
+    assert change.deployment.status is S.CREATE_FAILED

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from flotilla.errors import FlotillaError
+from flotilla.errors import ConfigurationError, FlotillaError
+from flotilla.log import configure_logging
+from flotilla.settings import Settings
 
 app = typer.Typer(
     name="flotilla",
@@ -18,9 +21,27 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def load_settings() -> Settings:
+    """Load the process settings once and configure logging (to stderr) from them.
+
+    Raises:
+        ConfigurationError: a setting is wrong; the message names each field.
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc
+    configure_logging(settings.log)
+    return settings
+
+
 def _register() -> None:
     # Sub-command modules register themselves on import; imported here to avoid cycles.
-    from flotilla.cli import broker, schemas, template  # noqa: F401
+    from flotilla.cli import broker, scheduler, schemas, template  # noqa: F401
 
     app.add_typer(template.app, name="template")
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from rich.table import Table
 
 from flotilla.broker.admin import (
@@ -18,9 +18,7 @@ from flotilla.broker.admin import (
 )
 from flotilla.broker.topology import DELIVERY_POLICY, core_topology
 from flotilla.bus.rabbitmq import RabbitBus
-from flotilla.cli.app import app, err
-from flotilla.errors import ConfigurationError
-from flotilla.log import configure_logging
+from flotilla.cli.app import app, err, load_settings
 from flotilla.settings import Settings
 
 broker_app = typer.Typer(
@@ -43,13 +41,8 @@ AgentUrl = Annotated[
 @broker_app.callback()
 def _load_settings(ctx: typer.Context) -> None:
     """Administer RabbitMQ: declare the topology, add and remove sites."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise ConfigurationError(f"invalid settings: {_summary(exc)}") from exc
     # Logs go to stderr, so stdout stays clean for ``add-site ... > agent.env``.
-    configure_logging(settings.log)
-    ctx.obj = settings
+    ctx.obj = load_settings()
 
 
 @broker_app.command("init")
@@ -121,14 +114,6 @@ async def _remove_site(settings: Settings, site: str, *, keep_queue: bool) -> bo
 
 def _admin_bus(settings: Settings) -> RabbitBus:
     return RabbitBus(url=settings.bus.url.get_secret_value(), policy=DELIVERY_POLICY)
-
-
-def _summary(exc: ValidationError) -> str:
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
-    ]
-    return "; ".join(problems)
 
 
 def _url(settings: Settings, override: str | None) -> SecretStr:

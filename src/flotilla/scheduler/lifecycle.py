@@ -71,6 +71,7 @@ class LifecycleConfig:
     source: str = "/flotilla/scheduler"
     site_timeout: timedelta = timedelta(minutes=30)
     max_sites: int = 3
+    grace: timedelta = timedelta(0)  # after start, "no site" means "not reported yet"
 
 
 class Lifecycle:
@@ -90,6 +91,7 @@ class Lifecycle:
         self._templates = templates
         self._config = config or LifecycleConfig()
         self._clock = clock
+        self._grace_until = clock() + self._config.grace
 
     async def requested(self, message: DeploymentRequested) -> Change:
         """A new deployment: validate the template, place it, send the first command."""
@@ -275,7 +277,9 @@ class Lifecycle:
     ) -> Change:
         ranking = self._rank(record, requirements, history)
         if not ranking.candidates:
-            if ranking.waiting:
+            if ranking.waiting or self._clock() < self._grace_until:
+                # Right after a (re)start the registry is still filling up from heartbeats:
+                # the bus retries this request later instead of failing it for lack of sites.
                 raise RetryableError("sites have not reported since the scheduler started")
             reason = f"No site meets the deployment requirements: {ranking.summary()}"
             return self._finish(record, S.CREATE_FAILED, reason, cause, events=events)

@@ -1,0 +1,92 @@
+"""The scheduler process: wire the real adapters together and run until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from flotilla.broker import DELIVERY_POLICY
+from flotilla.bus.rabbitmq import RabbitBus
+from flotilla.scheduler.leader import leader_election
+from flotilla.scheduler.lifecycle import Lifecycle, LifecycleConfig
+from flotilla.scheduler.placement import Placer
+from flotilla.scheduler.registry import SiteRegistry
+from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.service import SchedulerService
+from flotilla.scheduler.sla import load_slas
+from flotilla.scheduler.sql import SqlStore
+from flotilla.scheduler.tosca import TemplateParser
+from flotilla.settings import Settings
+
+_log = structlog.get_logger("flotilla.scheduler")
+
+
+async def run_scheduler(settings: Settings) -> None:
+    """Wait for leadership, then schedule until SIGINT/SIGTERM or leadership is lost."""
+    config = settings.scheduler
+    slas = load_slas(config.sla_file) if config.sla_file else []
+    url = config.store_url.get_secret_value()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    election = leader_election(url)
+    _log.info("scheduler_waiting_for_leadership")
+    await _until(election.wait_leadership(), stop)
+    if stop.is_set():
+        await election.release()
+        return
+    _log.info("scheduler_leading", slas=len(slas))
+    bus = RabbitBus(
+        url=settings.bus.url.get_secret_value(),
+        policy=DELIVERY_POLICY,
+        publish_timeout=settings.bus.publish_timeout,
+        heartbeat=settings.bus.heartbeat,
+        reconnect_interval=settings.bus.reconnect_interval,
+        name="flotilla-scheduler",
+    )
+    async with bus, SqlStore(url) as store, TemplateParser() as parser:
+        placer = Placer(SiteRegistry(grace=config.grace), slas)
+        lifecycle = Lifecycle(
+            store=store,
+            placer=placer,
+            templates=parser,
+            config=LifecycleConfig(
+                site_timeout=config.site_timeout, max_sites=config.max_sites, grace=config.grace
+            ),
+        )
+        service = SchedulerService(
+            bus=bus,
+            store=store,
+            lifecycle=lifecycle,
+            placer=placer,
+            relay=OutboxRelay(store, bus),
+            verify_senders=config.verify_senders,
+            prefetch=settings.bus.prefetch,
+        )
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(service.run())
+            watch = tasks.create_task(election.run())
+            await _until(election.lost.wait(), stop)
+            if election.lost.is_set():
+                _log.error("scheduler_lost_leadership")
+            await service.shutdown()
+            watch.cancel()
+    await election.release()
+    _log.info("scheduler_stopped")
+
+
+async def _until(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> None:
+    """Await ``work`` unless ``stop`` is set first (then ``work`` is cancelled)."""
+    job = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (job, stopper):
+            task.cancel()
+        await asyncio.gather(job, stopper, return_exceptions=True)
