@@ -31,3 +31,7 @@ def configure_logging(settings: LogSettings) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(message)s")
+    # The bus adapter translates and logs the AMQP client's failures itself; its own log
+    # lines would say the same thing twice, in another format.
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
