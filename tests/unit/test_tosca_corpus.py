@@ -28,6 +28,8 @@ TEXTS = {path: path.read_text(encoding="utf-8") for path in TEMPLATES}
 def test_the_corpus_is_there() -> None:
     """The corpus (shared/ beside the checkout, or FLOTILLA_TOSCA_CORPUS) has templates."""
     assert len(TEMPLATES) >= 16, f"expected the TOSCA corpus at {CORPUS}"
+
+
 _DUMMY = {"integer": "1", "float": "1.0", "boolean": "true", "scalar-unit.size": "1 GB"}
 
 

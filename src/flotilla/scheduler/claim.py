@@ -4,15 +4,21 @@ A claim is made when a decision is taken, so a burst of requests does not all la
 site whose last report looked empty. It ends when the attempt fails or is released, or, once
 the attempt succeeded, when the site sends a capacity report taken after that success (its
 usage now includes the deployment).
+
+Claims are indexed by site and their totals are kept until the site's claims change, because
+placement reads the totals of every candidate site for every request.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 
 from flotilla.scheduler.demand import Usage
+from flotilla.schemas import Capacity, QuotaUsage
 
 
 @dataclass(slots=True, kw_only=True)
@@ -28,14 +34,25 @@ class ClaimBook:
 
     def __init__(self) -> None:
         self._claims: dict[str, _Claim] = {}
+        self._by_site: dict[str, dict[str, _Claim]] = {}
+        # Totals per site, for all groups (key None) and per group; dropped on any change.
+        self._totals: dict[str, dict[str | None, Usage]] = {}
+        self._revisions: dict[str, int] = {}
+        self._revision = 0
 
     def claim(self, key: str, *, site: str, group: str, usage: Usage) -> None:
         """Hold ``usage`` at ``site`` for the attempt ``key`` (repeating a claim replaces it)."""
-        self._claims[key] = _Claim(site=site, group=group, usage=Counter(usage))
+        self.release(key)
+        claim = _Claim(site=site, group=group, usage=Counter(usage))
+        self._claims[key] = claim
+        self._by_site.setdefault(site, {})[key] = claim
+        self._changed(site)
 
     def release(self, key: str) -> None:
         """Drop a claim: the attempt failed, was released, or never started."""
-        self._claims.pop(key, None)
+        claim = self._claims.pop(key, None)
+        if claim is not None:
+            self._forget(key, claim.site)
 
     def settle(self, key: str, at: datetime) -> None:
         """The attempt succeeded at ``at``; the claim ends with the next capacity report."""
@@ -47,16 +64,77 @@ class ClaimBook:
         """A capacity report arrived: settled claims it already includes are dropped."""
         done = [
             key
-            for key, claim in self._claims.items()
-            if claim.site == site and claim.settled_at is not None and claim.settled_at <= received
+            for key, claim in self._by_site.get(site, {}).items()
+            if claim.settled_at is not None and claim.settled_at <= received
         ]
         for key in done:
             del self._claims[key]
+            self._forget(key, site)
 
     def held(self, site: str, group: str | None = None) -> Usage:
         """The usage claimed at a site, for one group or for all."""
-        total: Usage = Counter()
-        for claim in self._claims.values():
-            if claim.site == site and (group is None or claim.group == group):
-                total.update(claim.usage)
+        return Counter(self._total(site, group))
+
+    def totals(self, site: str, group: str | None = None) -> Mapping[str, int]:
+        """Like ``held``, as a read-only view that is not copied (valid until the next change)."""
+        return MappingProxyType(self._total(site, group))
+
+    def quota_room(self, capacity: Capacity, group: str, usage: Usage) -> tuple[list[str], float]:
+        """Whether ``usage`` fits the site's quotas after what is claimed there.
+
+        Returns:
+            The quotas it would exceed, as reasons, and the headroom: the smallest share of
+            any limited resource still free afterwards (0..1).
+        """
+        problems = []
+        headroom = 1.0
+        claimed = self._total(capacity.site, None)
+        for resource, quota in _applicable_quotas(capacity, group).items():
+            if quota.limit is None:
+                continue
+            free = quota.limit - quota.used - claimed.get(resource, 0)
+            need = usage[resource]
+            if need and need > free:
+                problems.append(f"quota {resource}: needs {need:g}, free {max(free, 0):g}")
+            if quota.limit:
+                headroom = min(headroom, max(free - need, 0.0) / quota.limit)
+        return problems, headroom
+
+    def revision(self, site: str) -> int:
+        """A number that changes whenever the claims held at ``site`` change."""
+        return self._revisions.get(site, 0)
+
+    def _total(self, site: str, group: str | None) -> Usage:
+        per_site = self._totals.setdefault(site, {})
+        total = per_site.get(group)
+        if total is None:
+            total = Counter()
+            for claim in self._by_site.get(site, {}).values():
+                if group is None or claim.group == group:
+                    total.update(claim.usage)
+            per_site[group] = total
         return total
+
+    def _forget(self, key: str, site: str) -> None:
+        claims = self._by_site.get(site)
+        if claims is not None:
+            claims.pop(key, None)
+            if not claims:
+                del self._by_site[site]
+        self._changed(site)
+
+    def _changed(self, site: str) -> None:
+        self._totals.pop(site, None)
+        self._revision += 1
+        self._revisions[site] = self._revision
+
+
+def _applicable_quotas(capacity: Capacity, group: str) -> dict[str, QuotaUsage]:
+    """The quota per resource: a group's own share wins over the site-wide one."""
+    quotas: dict[str, QuotaUsage] = {}
+    for quota in capacity.quotas:
+        if quota.group is None:
+            quotas.setdefault(quota.resource, quota)
+        elif quota.group == group:
+            quotas[quota.resource] = quota
+    return quotas

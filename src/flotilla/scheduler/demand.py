@@ -1,12 +1,20 @@
-"""What a template asks of a site: per-node fits (shape, image) and the total for quotas."""
+"""What a template asks of a site: per-node fits (shape, image) and the total for quotas.
+
+Whether a template fits a site depends only on the site's capabilities (workload kinds,
+flavors, images), which rarely change, so ``FitCache`` keeps each site's fits until its
+capabilities do: with many sites, placement then fits each template once per site, not
+once per request.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from flotilla.scheduler.tosca.requirement import NodeRequirements, OsImage, TemplateRequirements
-from flotilla.schemas import Gpu, Image, Resources, Shape, WorkloadKind
+from flotilla.schemas import Capabilities, Gpu, Image, Resources, Shape, WorkloadKind
 
 # Quota resource names the agents report and the scheduler checks.
 CORES = "cores"
@@ -54,8 +62,129 @@ def node_usage(node: NodeRequirements) -> Usage:
 
 def smallest_fitting_shape(node: NodeRequirements, shapes: list[Shape]) -> Shape | None:
     """The smallest shape that fits one instance of the node, GPU-less shapes first."""
-    fitting = [shape for shape in shapes if shape_fits(node.resources, shape, node.kind)]
-    return min(fitting, key=_shape_size, default=None)
+    return _first_fitting(node, sorted(shapes, key=_shape_size))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateFit:
+    """How a template fits one site's capabilities: the shapes and images chosen, or why not.
+
+    ``shapes`` and ``images`` are read-only: a cached fit is shared by many decisions.
+    """
+
+    reasons: tuple[str, ...]
+    shapes: Mapping[str, str]
+    images: Mapping[str, str]
+
+
+def fit_template(
+    requirements: TemplateRequirements,
+    capabilities: Capabilities,
+    aliases: Mapping[str, str],
+) -> TemplateFit:
+    """Fit every node of a template: its workload kind, smallest shape and image, or why not."""
+    return _fit(requirements, capabilities, sorted(capabilities.shapes, key=_shape_size), aliases)
+
+
+def _fit(
+    requirements: TemplateRequirements,
+    capabilities: Capabilities,
+    by_size: list[Shape],
+    aliases: Mapping[str, str],
+) -> TemplateFit:
+    reasons: list[str] = []
+    shapes: dict[str, str] = {}
+    images: dict[str, str] = {}
+    for node in requirements.nodes:
+        if node.kind not in HOSTED_KINDS and node.kind not in capabilities.workload_kinds:
+            reasons.append(f"node {node.name}: site does not run {node.kind.value}")
+            continue
+        if node.kind in SIZED_KINDS and by_size:
+            shape = _first_fitting(node, by_size)
+            if shape is None:
+                reasons.append(f"node {node.name}: no flavor or node fits {describe(node)}")
+            else:
+                shapes[node.name] = shape.name
+        if needs_image(node):
+            image = matching_image(node.image, capabilities.images, aliases)
+            if image is None:
+                reasons.append(f"node {node.name}: no image matches {image_text(node)}")
+            else:
+                images[node.name] = image
+    return TemplateFit(
+        reasons=tuple(reasons), shapes=MappingProxyType(shapes), images=MappingProxyType(images)
+    )
+
+
+def template_signature(requirements: TemplateRequirements) -> Hashable:
+    """What fitting a template depends on, comparable across requests (digests may repeat)."""
+    return tuple(
+        (node.name, node.kind, node.resources, node.image if needs_image(node) else None)
+        for node in requirements.nodes
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class _SiteFits:
+    capabilities: Capabilities
+    by_size: list[Shape]
+    fits: dict[int, TemplateFit] = field(default_factory=dict)
+
+
+class FitCache:
+    """Template fits per site, kept while the site's capabilities stay the same.
+
+    A template is named by a small key (``key()``), taken once per request; ``fit()`` is
+    then a dictionary lookup for every site that already fitted that template. A capacity
+    report with equal capabilities keeps the site's fits; changed ones drop them. Image
+    aliases must not change for the cache's lifetime.
+
+    Args:
+        max_templates: Distinct templates remembered; past that the cache starts afresh.
+    """
+
+    def __init__(self, *, max_templates: int = 256) -> None:
+        self._max = max_templates
+        self._keys: dict[Hashable, int] = {}
+        self._next_key = 0
+        self._sites: dict[str, _SiteFits] = {}
+
+    def key(self, requirements: TemplateRequirements) -> int:
+        """The key of a template's fits (never reused for another template)."""
+        signature = template_signature(requirements)
+        key = self._keys.get(signature)
+        if key is None:
+            if len(self._keys) >= self._max:
+                self._keys.clear()
+                self._sites.clear()
+            key = self._keys[signature] = self._next_key
+            self._next_key += 1
+        return key
+
+    def fit(
+        self,
+        site: str,
+        capabilities: Capabilities,
+        key: int,
+        requirements: TemplateRequirements,
+        aliases: Mapping[str, str],
+    ) -> TemplateFit:
+        """How the template ``key`` (``requirements``) fits ``site`` with ``capabilities``."""
+        entry = self._sites.get(site)
+        if entry is None or entry.capabilities is not capabilities:
+            entry = self._renew(site, entry, capabilities)
+        fit = entry.fits.get(key)
+        if fit is None:
+            fit = entry.fits[key] = _fit(requirements, capabilities, entry.by_size, aliases)
+        return fit
+
+    def _renew(self, site: str, entry: _SiteFits | None, capabilities: Capabilities) -> _SiteFits:
+        if entry is not None and entry.capabilities == capabilities:
+            entry.capabilities = capabilities  # a newer report of the same capabilities
+            return entry
+        by_size = sorted(capabilities.shapes, key=_shape_size)
+        entry = self._sites[site] = _SiteFits(capabilities=capabilities, by_size=by_size)
+        return entry
 
 
 def shape_fits(resources: Resources, shape: Shape, kind: WorkloadKind) -> bool:
@@ -102,6 +231,26 @@ def needs_image(node: NodeRequirements) -> bool:
         and wanted is not None
         and any((wanted.name, wanted.distribution, wanted.version, wanted.gpu_driver))
     )
+
+
+def describe(node: NodeRequirements) -> str:
+    """A node's size in words, for rejection reasons."""
+    resources = node.resources
+    gpu = f", {resources.gpu.count} GPU" if resources.gpu else ""
+    ib = ", InfiniBand" if resources.infiniband else ""
+    return f"{resources.cpus:g} CPUs, {resources.memory_mb} MB{gpu}{ib}"
+
+
+def image_text(node: NodeRequirements) -> str:
+    """The OS a node asks for, in words, for rejection reasons."""
+    image = node.image
+    parts = [image.name, image.distribution, image.version] if image else []
+    return " ".join(str(p) for p in parts if p) or "the requested OS"
+
+
+def _first_fitting(node: NodeRequirements, by_size: list[Shape]) -> Shape | None:
+    """The first shape (of shapes sorted by size, smallest first) that fits the node."""
+    return next((s for s in by_size if shape_fits(node.resources, s, node.kind)), None)
 
 
 def _os_matches(wanted: OsImage, image: Image) -> bool:

@@ -3,26 +3,31 @@
 Every site ends up either a ``Candidate`` with a score and the terms that made it, or a
 ``Rejection`` with the reasons; both are stored with the decision so a user can see why a
 deployment went where it went, or why it went nowhere.
+
+With many sites, most of them have no SLA for the requesting group. Only the group's SLA
+sites are filtered and scored for every request (found through an index of SLAs by group),
+and a site's template fit is cached until its capabilities change (``FitCache``). Every
+candidate is listed; rejections are listed up to ``REJECTIONS_LISTED`` sites, preferring
+the sites that hold an SLA for the group (the ones a user asks about), and a last entry
+counts the rest, so a ranking over a thousand sites stays small enough to store with each
+attempt and to read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final
 
 from flotilla.scheduler.claim import ClaimBook
-from flotilla.scheduler.demand import (
-    HOSTED_KINDS,
-    SIZED_KINDS,
-    Usage,
-    matching_image,
-    needs_image,
-    smallest_fitting_shape,
-    total_usage,
-)
+from flotilla.scheduler.demand import FitCache, TemplateFit, Usage, total_usage
 from flotilla.scheduler.registry import Freshness, SiteRegistry, SiteView
-from flotilla.scheduler.tosca.requirement import NodeRequirements, TemplateRequirements
-from flotilla.schemas import Capacity, QuotaUsage, Scheduling, SiteState
+from flotilla.scheduler.tosca.requirement import TemplateRequirements
+from flotilla.schemas import Capacity, Scheduling, SiteState
+
+REJECTIONS_LISTED: Final = 50
+"""Rejected sites listed one by one in a ranking; the rest are counted in one last entry."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,11 +100,18 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ranking:
-    """Candidates best first, and the rejected sites."""
+    """Candidates best first, and the rejected sites.
+
+    When more than ``REJECTIONS_LISTED`` sites are rejected, ``rejections`` lists that many
+    (sites with an SLA for the group first, then by name) and ends with one more entry, not
+    a site, whose ``site`` reads ``"<n> more sites"`` and whose reasons count them by kind;
+    ``unlisted`` is that ``n``.
+    """
 
     candidates: tuple[Candidate, ...]
     rejections: tuple[Rejection, ...]
     waiting: bool = False  # some site is still within the restart grace: try again shortly
+    unlisted: int = 0
 
     def summary(self) -> str:
         """One line per rejected site, for a deployment's status reason."""
@@ -107,14 +119,51 @@ class Ranking:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Fit:
-    sla: Sla
-    shapes: dict[str, str]
-    images: dict[str, str]
+class _Pass:
+    """What one ranking shares across sites, worked out once per request."""
+
+    request: PlacementRequest
+    usage: Usage
+    template: int  # the FitCache key of the request's template
+    key: int  # names everything a site's outcome depends on besides the site itself
+    slas: Mapping[str, Sla]  # the SLA each site offers the request, by site name
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Outcome:
+    """A site's verdict for one kind of request, liveness and exclusion aside."""
+
+    reasons: tuple[str, ...]
+    candidate: Candidate | None
+
+
+@dataclass(slots=True, kw_only=True)
+class _SiteMemo:
+    """Outcomes at one site by request key, valid while its report, claims and stats hold."""
+
+    capacity: Capacity | None
+    claims: int
+    stats: SiteStats
+    outcomes: dict[int, _Outcome] = field(default_factory=dict)
+
+    def is_current(self, capacity: Capacity | None, claims: int, stats: SiteStats) -> bool:
+        """Whether the memo was made from this report, claims revision and stats."""
+        return self.capacity is capacity and self.claims == claims and self.stats is stats
+
+
+_NO_STATS = SiteStats()
+_MAX_KEYS = 512  # distinct kinds of request remembered before the memos start afresh
+_MAX_OUTCOMES = 64  # per site
 
 
 class Placer:
-    """Filters and ranks the registry's sites for a request, holding claims for decisions."""
+    """Filters and ranks the registry's sites for a request, holding claims for decisions.
+
+    A site's outcome for a kind of request (template, group, pin, region, datasets) is
+    memoised until the site sends a new capacity report, its claims or its stats change;
+    only liveness and the request's exclusions are judged afresh for every request.
+    """
 
     def __init__(
         self,
@@ -128,9 +177,14 @@ class Placer:
         self.registry = registry
         self.claims = claims or ClaimBook()
         self._slas = list(slas)
+        self._by_group = _index(self._slas)
         self._aliases = image_aliases or {}
         self._weights = weights or Weights()
         self._stats: dict[str, SiteStats] = {}
+        self._fits = FitCache()
+        self._keys: dict[tuple[object, ...], int] = {}
+        self._pins: dict[tuple[str, str | None, str | None], dict[str, Sla]] = {}
+        self._memos: dict[str, _SiteMemo] = {}
 
     def record_stats(self, site: str, stats: SiteStats) -> None:
         """Set a site's recent attempt history, used in ranking."""
@@ -138,94 +192,149 @@ class Placer:
 
     def rank(self, request: PlacementRequest) -> Ranking:
         """Every known site, as a candidate (best first) or a rejection with reasons."""
-        usage = total_usage(request.requirements)
+        run = self._pass(request)
         candidates: list[Candidate] = []
-        rejections: list[Rejection] = []
-        waiting = False
-        for view in sorted(self.registry, key=lambda v: v.name):
-            reasons, fit = self._filter(view, request, usage)
-            waiting |= self.registry.freshness(view.name) is Freshness.PENDING
-            if fit is None:
-                rejections.append(Rejection(site=view.name, reasons=tuple(reasons)))
+        rejected: list[Rejection] = []  # the first REJECTIONS_LISTED, by name
+        more = 0
+        for site, sla in run.slas.items():
+            view = self.registry.get(site)
+            if view is None:
+                continue  # an SLA for a site that never reported is not a known site
+            outcome = self._outcome(view, run, sla)
+            blocked = _live_reasons(self.registry, view, run)
+            if outcome.candidate is not None and not blocked:
+                candidates.append(outcome.candidate)
+            elif len(rejected) < REJECTIONS_LISTED:
+                rejected.append(Rejection(site=site, reasons=(*blocked, *outcome.reasons)))
             else:
-                candidates.append(self._score(view, request, usage, fit))
+                more += 1
         candidates.sort(key=lambda c: (-c.score, c.site))
-        return Ranking(candidates=tuple(candidates), rejections=tuple(rejections), waiting=waiting)
+        rejections, unlisted = self._rejections(run, rejected, more, len(candidates))
+        return Ranking(
+            candidates=tuple(candidates),
+            rejections=rejections,
+            waiting=self.registry.any_pending(now=run.now),
+            unlisted=unlisted,
+        )
 
-    def _filter(
-        self, view: SiteView, request: PlacementRequest, usage: Usage
-    ) -> tuple[list[str], _Fit | None]:
-        reasons = _liveness(self.registry.freshness(view.name), view)
-        if view.name in request.exclude:
-            reasons.append("already tried for this deployment")
-        sla = self._sla(view.name, request)
+    def _pass(self, request: PlacementRequest) -> _Pass:
+        pin = request.scheduling
+        template = self._fits.key(request.requirements)
+        kind = (template, request.group, pin.site, pin.sla_id, pin.region, request.datasets)
+        key = self._keys.get(kind)
+        if key is None:
+            if len(self._keys) >= _MAX_KEYS:  # keys restart from 0: forget what they named
+                self._keys.clear()
+                self._memos.clear()
+            key = self._keys[kind] = len(self._keys)
+        return _Pass(
+            request=request,
+            usage=total_usage(request.requirements),
+            template=template,
+            key=key,
+            slas=self._slas_for(request),
+            now=self.registry.now(),
+        )
+
+    def _slas_for(self, request: PlacementRequest) -> Mapping[str, Sla]:
+        """The SLA each site offers the request's group, honouring a pinned site or SLA."""
+        pin = request.scheduling
+        kind = (request.group, pin.site, pin.sla_id)
+        chosen = self._pins.get(kind)
+        if chosen is None:
+            if len(self._pins) >= _MAX_KEYS:
+                self._pins.clear()
+            chosen = self._pins[kind] = _pinned(self._by_group.get(request.group, {}), pin)
+        return chosen
+
+    def _outcome(self, view: SiteView, run: _Pass, sla: Sla | None) -> _Outcome:
+        memo = self._memos.get(view.name)
+        claims = self.claims.revision(view.name)
+        stats = self._stats.get(view.name, _NO_STATS)
+        if memo is None or not memo.is_current(view.capacity, claims, stats):
+            memo = _SiteMemo(capacity=view.capacity, claims=claims, stats=stats)
+            self._memos[view.name] = memo
+        outcome = memo.outcomes.get(run.key)
+        if outcome is None:
+            if len(memo.outcomes) >= _MAX_OUTCOMES:
+                memo.outcomes.clear()
+            outcome = memo.outcomes[run.key] = self._judge(view, run, sla, stats)
+        return outcome
+
+    def _judge(self, view: SiteView, run: _Pass, sla: Sla | None, stats: SiteStats) -> _Outcome:
+        """Everything but liveness and exclusion: SLA, region, fit, quotas; and the score."""
+        request = run.request
+        reasons: list[str] = []
         if sla is None:
             reasons.append(f"no SLA for group {request.group!r}{_pin_note(request.scheduling)}")
-        if view.capacity is None:
-            return [*reasons, "no capacity report yet"], None
-        if not _region_ok(request.scheduling, view.capacity):
+        capacity = view.capacity
+        if capacity is None:
+            return _Outcome(reasons=(*reasons, "no capacity report yet"), candidate=None)
+        if not _region_ok(request.scheduling, capacity):
             reasons.append(f"not in region {request.scheduling.region!r}")
-        fit_reasons, shapes, images = self._fit_nodes(view.capacity, request.requirements)
-        reasons += fit_reasons
-        reasons += _quota_problems(view, request.group, usage, self.claims, sla)
+        aliases = self._aliases.get(view.name, {})
+        fit = self._fits.fit(
+            view.name, capacity.capabilities, run.template, request.requirements, aliases
+        )
+        reasons += fit.reasons
+        problems, headroom = _quota(capacity, request.group, run.usage, self.claims, sla)
+        reasons += problems
         if reasons or sla is None:
-            return reasons, None
-        return reasons, _Fit(sla=sla, shapes=shapes, images=images)
+            return _Outcome(reasons=tuple(reasons), candidate=None)
+        candidate = self._score(capacity, run, sla, fit, headroom, stats)
+        return _Outcome(reasons=(), candidate=candidate)
 
-    def _sla(self, site: str, request: PlacementRequest) -> Sla | None:
-        pin = request.scheduling
-        for sla in self._slas:
-            if sla.group != request.group or sla.site != site:
-                continue
-            if pin.site is not None and pin.site != site:
-                continue
-            if pin.sla_id is not None and pin.sla_id != sla.id:
-                continue
-            return sla
-        return None
+    def _rejections(
+        self, run: _Pass, rejected: list[Rejection], more: int, placed: int
+    ) -> tuple[tuple[Rejection, ...], int]:
+        """The listed rejections, by site name, and how many more sites were rejected."""
+        names = self.registry.names()
+        without_sla = len(names) - placed - len(rejected) - more
+        room = min(REJECTIONS_LISTED - len(rejected), without_sla)
+        listed = rejected  # already by name: the SLA sites are visited in name order
+        if room > 0:  # the reasons of sites without an SLA are worked out only when listed
+            listed += self._rejections_without_sla(run, names, room)
+            listed.sort(key=lambda r: r.site)
+        unlisted = more + without_sla - room
+        if not unlisted:
+            return tuple(listed), 0
+        return (*listed, _unlisted(run.request, more, unlisted - more)), unlisted
 
-    def _fit_nodes(
-        self, capacity: Capacity, requirements: TemplateRequirements
-    ) -> tuple[list[str], dict[str, str], dict[str, str]]:
-        reasons: list[str] = []
-        shapes: dict[str, str] = {}
-        images: dict[str, str] = {}
-        caps = capacity.capabilities
-        aliases = self._aliases.get(capacity.site, {})
-        for node in requirements.nodes:
-            if node.kind not in HOSTED_KINDS and node.kind not in caps.workload_kinds:
-                reasons.append(f"node {node.name}: site does not run {node.kind.value}")
+    def _rejections_without_sla(
+        self, run: _Pass, names: Sequence[str], count: int
+    ) -> list[Rejection]:
+        found: list[Rejection] = []
+        for name in names:
+            view = self.registry.get(name)
+            if name in run.slas or view is None:
                 continue
-            if node.kind in SIZED_KINDS and caps.shapes:
-                shape = smallest_fitting_shape(node, caps.shapes)
-                if shape is None:
-                    reasons.append(f"node {node.name}: no flavor or node fits {_describe(node)}")
-                else:
-                    shapes[node.name] = shape.name
-            if needs_image(node):
-                image = matching_image(node.image, caps.images, aliases)
-                if image is None:
-                    reasons.append(f"node {node.name}: no image matches {_image_text(node)}")
-                else:
-                    images[node.name] = image
-        return reasons, shapes, images
+            reasons = (
+                *_live_reasons(self.registry, view, run),
+                *self._outcome(view, run, None).reasons,
+            )
+            found.append(Rejection(site=name, reasons=reasons))
+            if len(found) == count:
+                break
+        return found
 
     def _score(
-        self, view: SiteView, request: PlacementRequest, usage: Usage, fit: _Fit
+        self,
+        capacity: Capacity,
+        run: _Pass,
+        sla: Sla,
+        fit: TemplateFit,
+        headroom: float,
+        stats: SiteStats,
     ) -> Candidate:
         w = self._weights
-        stats = self._stats.get(view.name, SiteStats())
-        assert view.capacity is not None
-        headroom = _headroom(view, request.group, usage, self.claims)
+        datasets = run.request.datasets
         speed = 1.0 / (1.0 + (stats.median_seconds or 300.0) / 300.0)
-        held = set(view.capacity.capabilities.datasets)
-        locality = (
-            len(held.intersection(request.datasets)) / len(request.datasets)
-            if request.datasets
-            else 0.0
-        )
+        locality = 0.0
+        if datasets:
+            held = set(capacity.capabilities.datasets)
+            locality = len(held.intersection(datasets)) / len(datasets)
         terms = {
-            "SLA preference": (w.preference, fit.sla.preference),
+            "SLA preference": (w.preference, sla.preference),
             "quota headroom": (w.headroom, headroom),
             "success rate": (w.success, stats.success_rate),
             "provisioning speed": (w.speed, speed),
@@ -236,14 +345,56 @@ class Placer:
             f"{name} {value:.2f} x{weight:g}" for name, (weight, value) in terms.items()
         )
         return Candidate(
-            site=view.name,
-            sla_id=fit.sla.id,
+            site=capacity.site,
+            sla_id=sla.id,
             score=round(score, 4),
             explanation=explanation,
             shapes=fit.shapes,
             images=fit.images,
-            usage=usage,
+            usage=run.usage,
         )
+
+
+def _index(slas: Sequence[Sla]) -> dict[str, dict[str, list[Sla]]]:
+    """SLAs by group, then by site name in order, each site's in their given order."""
+    index: dict[str, dict[str, list[Sla]]] = {}
+    for sla in slas:
+        index.setdefault(sla.group, {}).setdefault(sla.site, []).append(sla)
+    return {group: dict(sorted(sites.items())) for group, sites in index.items()}
+
+
+def _pinned(by_site: Mapping[str, list[Sla]], pin: Scheduling) -> dict[str, Sla]:
+    """The first SLA per site that the pin allows (all of them when nothing is pinned)."""
+    if pin.site is not None:
+        by_site = {pin.site: list(by_site[pin.site])} if pin.site in by_site else {}
+    chosen: dict[str, Sla] = {}
+    for site, slas in by_site.items():
+        sla = next((s for s in slas if pin.sla_id is None or s.id == pin.sla_id), None)
+        if sla is not None:
+            chosen[site] = sla
+    return chosen
+
+
+def _live_reasons(registry: SiteRegistry, view: SiteView, run: _Pass) -> tuple[str, ...]:
+    """Why a site cannot be chosen right now, whatever the request: liveness and exclusion."""
+    excluded = view.name in run.request.exclude
+    expires = view.lease_expires
+    if view.state is SiteState.READY and expires is not None and expires > run.now:
+        return ("already tried for this deployment",) if excluded else ()
+    reasons = _liveness(registry.freshness(view.name, now=run.now), view)
+    if excluded:
+        reasons.append("already tried for this deployment")
+    return tuple(reasons)
+
+
+def _unlisted(request: PlacementRequest, with_sla: int, without_sla: int) -> Rejection:
+    """The entry that counts the rejected sites not listed one by one."""
+    reasons = []
+    if without_sla:
+        reasons.append(f"{without_sla} with no SLA for group {request.group!r}")
+    if with_sla:
+        reasons.append(f"{with_sla} with an SLA for the group but rejected as well")
+    return Rejection(site=f"{with_sla + without_sla} more sites", reasons=tuple(reasons))
 
 
 def _liveness(freshness: Freshness, view: SiteView) -> list[str]:
@@ -268,59 +419,14 @@ def _region_ok(pin: Scheduling, capacity: Capacity) -> bool:
     return pin.region is None or pin.region in capacity.capabilities.regions
 
 
-def _applicable_quotas(capacity: Capacity, group: str) -> dict[str, QuotaUsage]:
-    """The quota per resource: a group's own share wins over the site-wide one."""
-    quotas: dict[str, QuotaUsage] = {}
-    for quota in capacity.quotas:
-        if quota.group is None:
-            quotas.setdefault(quota.resource, quota)
-        elif quota.group == group:
-            quotas[quota.resource] = quota
-    return quotas
-
-
-def _free(quota: QuotaUsage, claimed: float) -> float | None:
-    return None if quota.limit is None else quota.limit - quota.used - claimed
-
-
-def _quota_problems(
-    view: SiteView, group: str, usage: Usage, claims: ClaimBook, sla: Sla | None
-) -> list[str]:
-    assert view.capacity is not None
-    problems = []
-    claimed = claims.held(view.name)
-    for resource, quota in _applicable_quotas(view.capacity, group).items():
-        free = _free(quota, claimed[resource])
-        if usage[resource] and free is not None and usage[resource] > free:
-            problems.append(f"quota {resource}: needs {usage[resource]:g}, free {max(free, 0):g}")
-    if sla is not None:
-        mine = claims.held(view.name, group)
+def _quota(
+    capacity: Capacity, group: str, usage: Usage, claims: ClaimBook, sla: Sla | None
+) -> tuple[list[str], float]:
+    """Quota and SLA-limit problems, and the headroom left after this request."""
+    problems, headroom = claims.quota_room(capacity, group, usage)
+    if sla is not None and sla.limits:
+        mine = claims.totals(capacity.site, group)
         for resource, limit in sla.limits.items():
-            if usage[resource] + mine[resource] > limit:
+            if usage[resource] + mine.get(resource, 0) > limit:
                 problems.append(f"SLA {sla.id} limit {resource}: {limit:g}")
-    return problems
-
-
-def _headroom(view: SiteView, group: str, usage: Usage, claims: ClaimBook) -> float:
-    """The smallest share of any limited resource still free after this request (0..1)."""
-    assert view.capacity is not None
-    claimed = claims.held(view.name)
-    shares = [1.0]
-    for resource, quota in _applicable_quotas(view.capacity, group).items():
-        free = _free(quota, claimed[resource])
-        if free is not None and quota.limit:
-            shares.append(max(free - usage[resource], 0.0) / quota.limit)
-    return min(shares)
-
-
-def _describe(node: NodeRequirements) -> str:
-    resources = node.resources
-    gpu = f", {resources.gpu.count} GPU" if resources.gpu else ""
-    ib = ", InfiniBand" if resources.infiniband else ""
-    return f"{resources.cpus:g} CPUs, {resources.memory_mb} MB{gpu}{ib}"
-
-
-def _image_text(node: NodeRequirements) -> str:
-    image = node.image
-    parts = [image.name, image.distribution, image.version] if image else []
-    return " ".join(str(p) for p in parts if p) or "the requested OS"
+    return problems, headroom

@@ -43,6 +43,7 @@ class SiteRegistry:
         self, *, grace: timedelta = timedelta(seconds=30), clock: Callable[[], datetime] = utc_now
     ) -> None:
         self._sites: dict[str, SiteView] = {}
+        self._names: tuple[str, ...] | None = ()  # sorted; None once a new site appears
         self._clock = clock
         self._grace_until = clock() + grace
 
@@ -53,21 +54,34 @@ class SiteRegistry:
         """The view of one site, if known."""
         return self._sites.get(name)
 
+    def names(self) -> tuple[str, ...]:
+        """Every known site's name, sorted (kept until a new site appears)."""
+        if self._names is None:
+            self._names = tuple(sorted(self._sites))
+        return self._names
+
+    def now(self) -> datetime:
+        """The registry's clock, against which leases expire."""
+        return self._clock()
+
     def restore(self, name: str, kind: SiteKind) -> None:
         """Remember a site known from storage; it is pending until it reports or grace ends."""
-        self._sites.setdefault(name, SiteView(name=name, kind=kind))
+        if name not in self._sites:
+            self._put(SiteView(name=name, kind=kind))
 
     def apply_lease(self, lease: Lease) -> bool:
         """Record a lease; an older or repeated sequence is ignored. Returns whether applied."""
         view = self._sites.get(lease.site) or SiteView(name=lease.site, kind=lease.kind)
         if lease.sequence <= view.lease_sequence:
             return False
-        self._sites[lease.site] = replace(
-            view,
-            kind=lease.kind,
-            state=lease.state,
-            lease_expires=self._clock() + lease.ttl,
-            lease_sequence=lease.sequence,
+        self._put(
+            replace(
+                view,
+                kind=lease.kind,
+                state=lease.state,
+                lease_expires=self._clock() + lease.ttl,
+                lease_sequence=lease.sequence,
+            )
         )
         return True
 
@@ -76,17 +90,32 @@ class SiteRegistry:
         view = self._sites.get(capacity.site) or SiteView(name=capacity.site, kind=capacity.kind)
         if view.capacity is not None and capacity.sequence <= view.capacity.sequence:
             return False
-        self._sites[capacity.site] = replace(
-            view, kind=capacity.kind, capacity=capacity, capacity_received=self._clock()
+        self._put(
+            replace(view, kind=capacity.kind, capacity=capacity, capacity_received=self._clock())
         )
         return True
 
-    def freshness(self, name: str) -> Freshness:
-        """Whether the site's lease is valid now (or it is still within the restart grace)."""
+    def freshness(self, name: str, *, now: datetime | None = None) -> Freshness:
+        """Whether the site's lease is valid at ``now`` (default: the clock's now).
+
+        A site never heard from is pending, not stale, while the restart grace lasts.
+        """
         view = self._sites.get(name)
-        now = self._clock()
+        now = self._clock() if now is None else now
         if view is not None and view.lease_expires is not None and view.lease_expires > now:
             return Freshness.FRESH
         if view is not None and view.lease_expires is None and now < self._grace_until:
             return Freshness.PENDING
         return Freshness.STALE
+
+    def any_pending(self, *, now: datetime | None = None) -> bool:
+        """Whether some site is still pending: not heard from, and within the restart grace."""
+        now = self._clock() if now is None else now
+        if now >= self._grace_until:
+            return False
+        return any(view.lease_expires is None for view in self._sites.values())
+
+    def _put(self, view: SiteView) -> None:
+        if view.name not in self._sites:
+            self._names = None
+        self._sites[view.name] = view

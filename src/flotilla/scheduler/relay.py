@@ -66,6 +66,7 @@ class OutboxRelay:
         timeout: Bound of each store call and each publish.
         retry_delays: First and longest delay between tries of a retryable failure.
         park_limit: Longest delay between tries of a parked entry.
+        concurrency: Deployments whose messages are being published at once.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class OutboxRelay:
             timedelta(seconds=30),
         ),
         park_limit: timedelta = timedelta(minutes=5),
+        concurrency: int = 64,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -90,6 +92,7 @@ class OutboxRelay:
         self._first_delay, self._max_delay = (d.total_seconds() for d in retry_delays)
         self._park_limit = park_limit.total_seconds()
         self._parked: dict[int, _Parked] = {}
+        self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running = False
@@ -129,43 +132,49 @@ class OutboxRelay:
             await self._finished.wait()
 
     async def _relay_batch(self) -> bool:
-        """Publish one batch; True when the batch was full and more may be waiting."""
+        """Publish one batch; True when the batch was full and more may be waiting.
+
+        Each deployment's entries go out in order, one confirm at a time; different
+        deployments are published concurrently (up to ``concurrency`` in flight), which is
+        what lets confirms overlap on the broker. The batch's sent entries are then removed
+        from the outbox in one store call.
+        """
         # Parked entries sit at the head of the outbox; read past them.
         limit = self._batch + len(self._parked)
         entries = await self._call_store(lambda: self._store.pending(limit))
         if entries is None:
             return False
-        held: set[str] = set()  # deployments with a parked entry: keep their order
-        relayed = 0
-        now = asyncio.get_running_loop().time()
+        groups: dict[str, list[OutboxEntry]] = {}
         for entry in entries:
+            groups.setdefault(_ordering_key(entry), []).append(entry)
+        sent: list[int] = []
+        now = asyncio.get_running_loop().time()
+        async with asyncio.TaskGroup() as tasks:
+            for group in groups.values():
+                tasks.create_task(self._relay_group(group, now, sent))
+        # Between the confirms above and this delete a crash re-publishes the entries later.
+        while sent and await self._call_store(lambda: self._mark_sent(sent)) is None:
             if self._stopping.is_set():
                 return False
-            key = _ordering_key(entry)
-            parked = self._parked.get(entry.sequence)
-            if key in held or (parked is not None and parked.due > now):
-                held.add(key)
-            elif await self._relay(entry):
-                relayed += 1
-            else:
-                held.add(key)
+        for sequence in sent:
+            if self._parked.pop(sequence, None) is not None:
+                _log.info("outbox_entry_unparked", sequence=sequence)
         # Forget parked entries that left the outbox some other way.
         listed = {entry.sequence for entry in entries}
         self._parked = {seq: p for seq, p in self._parked.items() if seq in listed}
         # Only a full batch that made progress suggests more is ready; else wait.
-        return relayed > 0 and len(entries) >= limit
+        return bool(sent) and len(entries) >= limit
 
-    async def _relay(self, entry: OutboxEntry) -> bool:
-        """Publish one entry until it is confirmed or parked; True once it left the outbox."""
-        if not await self._publish(entry):
-            return False
-        # Between the confirm above and this delete a crash re-publishes the entry later.
-        while await self._call_store(lambda: self._mark_sent(entry)) is None:
-            if self._stopping.is_set():
-                return False
-        if self._parked.pop(entry.sequence, None) is not None:
-            _log.info("outbox_entry_unparked", sequence=entry.sequence, message_id=entry.message.id)
-        return True
+    async def _relay_group(self, group: list[OutboxEntry], now: float, sent: list[int]) -> None:
+        """Publish one deployment's entries in order, stopping at the first held back."""
+        async with self._slots:
+            for entry in group:
+                parked = self._parked.get(entry.sequence)
+                if self._stopping.is_set() or (parked is not None and parked.due > now):
+                    return
+                if not await self._publish(entry):
+                    return
+                sent.append(entry.sequence)
 
     async def _publish(self, entry: OutboxEntry) -> bool:
         """Publish with retries; False when parked or stopping."""
@@ -193,8 +202,8 @@ class OutboxRelay:
                 return True
         return False
 
-    async def _mark_sent(self, entry: OutboxEntry) -> bool:
-        await self._store.mark_sent([entry.sequence])
+    async def _mark_sent(self, sequences: list[int]) -> bool:
+        await self._store.mark_sent(sequences)
         return True
 
     def _park(self, entry: OutboxEntry, exc: Exception) -> None:
