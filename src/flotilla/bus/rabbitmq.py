@@ -429,11 +429,15 @@ class RabbitSubscription:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopped:
             return  # left unacknowledged: the channel close hands it back to the broker
-        # Handlers run in our own tasks, not aio-pika's, so that a connection blip does not
-        # cancel work in progress and stop() can drain and cancel exactly what it owns.
-        task = asyncio.create_task(self._handle(message))
+        # aio-pika already runs each delivery in a task of its own; tracking that task lets
+        # stop() drain and cancel exactly the deliveries in flight without a second task.
+        task = asyncio.current_task()
+        assert task is not None
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        try:
+            await self._handle(message)
+        finally:
+            self._tasks.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         delivery = self._bus.delivery(message, self.queue)
