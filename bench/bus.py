@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from broker_cleanup import delete_topology
 from flotilla.bus import (
     Binding,
     DeadLetterPolicy,
@@ -198,17 +199,6 @@ async def declare_and_run(options: Options, side: str) -> Result:
         return await runner(options, topology, messages)
     finally:
         await delete_topology(options.url, topology)
-
-
-async def delete_topology(url: str, topology: Topology) -> None:
-    """Remove the run's queues and exchanges."""
-    exchanges, queues, _ = topology.declarations()
-    connection = await aio_pika.connect(url)
-    async with connection, connection.channel() as channel:
-        for queue in queues:
-            await channel.queue_delete(queue.name)
-        for exchange in exchanges:
-            await channel.exchange_delete(exchange.name)
 
 
 async def main(options: Options, rounds: int) -> None:
