@@ -284,3 +284,19 @@ async def test_no_site_within_the_start_grace_is_retried_not_failed(harness: Har
     harness.clock.now += timedelta(seconds=31)
     change = await lifecycle.requested(request(new_id()))
     assert change.deployment.status is S.CREATE_FAILED
+
+
+async def test_reclaim_holds_capacity_again_after_a_restart(harness: Harness) -> None:
+    """An attempt in flight claims its usage again in a fresh placer (claims live in memory)."""
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    record = await harness.store.get(did)
+    (attempt,) = await harness.store.attempts(did)
+    assert record is not None
+    restarted = Placer(harness.registry, SLAS)
+    lifecycle = Lifecycle(
+        store=harness.store, placer=restarted, templates=Templates(template(vm()))
+    )
+    assert restarted.claims.held("alpha")["cores"] == 0
+    await lifecycle.reclaim(record, attempt)
+    assert restarted.claims.held("alpha")["cores"] == 2

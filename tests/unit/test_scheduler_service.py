@@ -215,3 +215,19 @@ async def test_a_site_cannot_report_for_another(federation: Federation) -> None:
     async with asyncio.timeout(10):
         dead = await federation.broker.queue(DELIVERY_POLICY.dead_letter.queue).items.get()
     assert "may not publish" in dead.delivery.headers["x-flotilla-reason"]
+
+
+async def test_a_redelivered_request_is_decided_once(federation: Federation) -> None:
+    """The same request message published twice yields one provision command."""
+    did = new_id()
+    request = DeploymentRequest(deployment_id=did, template="t", owner="ann", group="physics")
+    message = DeploymentRequested.create(request, source="/portal")
+    for _ in range(2):
+        await federation.upstream.publish(message, route(message))
+    await next_command(federation, "alpha")
+    done = Provisioned(deployment_id=did, site="alpha", attempt=1)
+    await federation.publish_as("alpha", DeploymentProvisioned.create(done, source="/sites/alpha"))
+    await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+    assert federation.commands["alpha"].empty()
+    assert federation.commands["beta"].empty()
+    assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0

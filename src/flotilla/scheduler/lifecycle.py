@@ -118,6 +118,15 @@ class Lifecycle:
             )
         return self._next_attempt(record, [], requirements, message, events=(created,))
 
+    async def reclaim(self, record: DeploymentRecord, attempt: AttemptRecord) -> None:
+        """Hold capacity again for an attempt still in flight (claims live in memory)."""
+        requirements = await self._templates.requirements(
+            record.request.template, record.request.inputs
+        )
+        self._placer.claims.claim(
+            attempt.key, site=attempt.site, group=record.group, usage=total_usage(requirements)
+        )
+
     async def provisioned(self, message: DeploymentProvisioned) -> Change | None:
         """A site delivered: the deployment is complete with its outputs."""
         found = await self._current(message.data.deployment_id, message.data.attempt)

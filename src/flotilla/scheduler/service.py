@@ -12,6 +12,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -21,7 +22,7 @@ from flotilla.broker import (
     SCHEDULER_REQUESTS,
     site_user,
 )
-from flotilla.bus import Bus, Delivery, Middleware, Subscription, idempotent, sender_must_match
+from flotilla.bus import Bus, Delivery, Subscription, sender_must_match
 from flotilla.errors import PermanentError
 from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.model import AttemptOutcome, Change
@@ -33,6 +34,7 @@ from flotilla.schemas import (
     DeploymentProvisioned,
     DeploymentReleased,
     DeploymentRequested,
+    Envelope,
     Message,
     ProgressReported,
     ProvisioningFailed,
@@ -90,24 +92,21 @@ class SchedulerService:
         self._stop.set()
 
     async def _subscribe(self) -> None:
-        reports: list[Middleware] = [idempotent(self._store)]
-        if self._verify:
-            reports.insert(0, sender_must_match(_site_sender))
+        # Idempotency is not a middleware here: the handled key is checked under the
+        # deployment's lock and written in the same transaction as the step (see _step).
+        sender = [sender_must_match(_site_sender)] if self._verify else []
         self._subscriptions = [
             await self._bus.subscribe(
-                SCHEDULER_REQUESTS,
-                self._on_request,
-                prefetch=self._prefetch,
-                middlewares=[idempotent(self._store)],
+                SCHEDULER_REQUESTS, self._on_request, prefetch=self._prefetch
             ),
             await self._bus.subscribe(
-                SCHEDULER_REPORTS, self._on_report, prefetch=self._prefetch, middlewares=reports
+                SCHEDULER_REPORTS, self._on_report, prefetch=self._prefetch, middlewares=sender
             ),
             await self._bus.subscribe(
                 SCHEDULER_HEARTBEATS,
                 self._on_heartbeat,
                 prefetch=self._prefetch,
-                middlewares=reports[:1] if self._verify else [],
+                middlewares=sender,
             ),
         ]
 
@@ -124,35 +123,38 @@ class SchedulerService:
         for record in in_flight:
             for attempt in await self._store.attempts(record.id):
                 if attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                    await self._lifecycle.reclaim(record, attempt)
                     self._arm_site_timer(record.id, attempt.number, attempt.deadline)
             self._arm_overall_timer(record.id, record.deadline)
         _log.info("scheduler_resumed", deployments=len(in_flight))
 
     async def _on_request(self, message: Message, delivery: Delivery) -> None:
+        lifecycle = self._lifecycle
         if isinstance(message, DeploymentRequested):
-            await self._step(message.data.deployment_id, lambda: self._lifecycle.requested(message))
+            await self._step(
+                message.data.deployment_id, lambda: lifecycle.requested(message), message
+            )
         elif isinstance(message, DeploymentDeleteRequested):
             deployment_id = message.data.deployment_id
-            await self._step(deployment_id, lambda: self._lifecycle.delete_requested(message))
+            await self._step(deployment_id, lambda: lifecycle.delete_requested(message), message)
         else:
             raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
 
     async def _on_report(self, message: Message, delivery: Delivery) -> None:
         lifecycle = self._lifecycle
-        step: Callable[[], Awaitable[Change | None]]
-        if isinstance(message, DeploymentProvisioned):
-            step = lambda: lifecycle.provisioned(message)  # noqa: E731
-        elif isinstance(message, ProvisioningFailed):
-            step = lambda: lifecycle.failed(message)  # noqa: E731
-        elif isinstance(message, DeploymentReleased):
-            step = lambda: lifecycle.released(message)  # noqa: E731
-        elif isinstance(message, ReleaseFailed):
-            step = lambda: lifecycle.release_failed(message)  # noqa: E731
-        elif isinstance(message, ProgressReported):
+        steps: dict[type[Envelope], Callable[[Any], Awaitable[Change | None]]] = {
+            DeploymentProvisioned: lifecycle.provisioned,
+            ProvisioningFailed: lifecycle.failed,
+            DeploymentReleased: lifecycle.released,
+            ReleaseFailed: lifecycle.release_failed,
+        }
+        if isinstance(message, ProgressReported):
             return  # progress is for watchers; the lifecycle does not change on it
-        else:
+        step = steps.get(type(message))
+        if step is None:
             raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
-        await self._step(message.data.deployment_id, step)
+        deployment_id: str = message.data.deployment_id  # type: ignore[union-attr]
+        await self._step(deployment_id, lambda: step(message), message)
 
     async def _on_heartbeat(self, message: Message, delivery: Delivery) -> None:
         registry = self._placer.registry
@@ -165,12 +167,24 @@ class SchedulerService:
             raise PermanentError(f"{message.type} does not belong on {delivery.queue}")
 
     async def _step(
-        self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]
+        self,
+        deployment_id: str,
+        decide: Callable[[], Awaitable[Change | None]],
+        cause: Envelope | None = None,
     ) -> None:
-        """Run one lifecycle step under the deployment's lock and commit what it decided."""
+        """Run one lifecycle step under the deployment's lock and commit what it decided.
+
+        A message already handled (a redelivery) is skipped; a change records the message's
+        key in its own transaction, and a step that changes nothing records it alone.
+        """
         async with self._locks[deployment_id]:
+            if cause is not None and await self._store.is_done(cause.id):
+                _log.info("duplicate_skipped", message_id=cause.id)
+                return
             change = await decide()
             if change is None:
+                if cause is not None:
+                    await self._store.mark_done(cause.id)
                 return
             await self._store.commit(change)
         self._relay.wake()

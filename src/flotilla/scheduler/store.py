@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
-from flotilla.errors import PermanentError
+from flotilla.errors import PermanentError, RetryableError
 from flotilla.scheduler.model import AttemptRecord, Change, DeploymentRecord, OutboxEntry
 from flotilla.schemas import DeploymentStatus
 
@@ -22,8 +22,8 @@ FINAL_STATUSES = frozenset(
 )
 
 
-class StaleWriteError(PermanentError):
-    """Another writer changed the deployment since it was read."""
+class StaleWriteError(RetryableError):
+    """Another writer changed the deployment since it was read; retrying re-reads it."""
 
 
 class Store(Protocol):
