@@ -35,13 +35,8 @@ async def run_agent(config: AgentConfig, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    bus = RabbitBus(
-        url=url,
-        policy=DELIVERY_POLICY,
-        publish_timeout=settings.bus.publish_timeout,
-        heartbeat=settings.bus.heartbeat,
-        reconnect_interval=settings.bus.reconnect_interval,
-        name=f"{site_user(config.site)}-agent",
+    bus = RabbitBus.from_settings(
+        settings.bus, policy=DELIVERY_POLICY, name=f"{site_user(config.site)}-agent", url=url
     )
     async with bus, open_inbox(config) as inbox, driver:
         service = AgentService(config=config, driver=driver, bus=bus, inbox=inbox)

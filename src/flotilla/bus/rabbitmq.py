@@ -47,6 +47,7 @@ from flotilla.errors import (
     UnroutableMessageError,
 )
 from flotilla.schemas import Envelope, encode
+from flotilla.settings import BusSettings
 
 _log = structlog.get_logger("flotilla.bus")
 
@@ -98,6 +99,25 @@ class RabbitBus:
         self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._subscriptions: list[RabbitSubscription] = []
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BusSettings,
+        *,
+        policy: DeliveryPolicy,
+        name: str,
+        url: str | None = None,
+    ) -> RabbitBus:
+        """A bus configured from the process settings; ``url`` overrides theirs."""
+        return cls(
+            url=url or settings.url.get_secret_value(),
+            policy=policy,
+            publish_timeout=settings.publish_timeout,
+            heartbeat=settings.heartbeat,
+            reconnect_interval=settings.reconnect_interval,
+            name=name,
+        )
 
     @property
     def state(self) -> BusState:

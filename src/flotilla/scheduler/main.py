@@ -11,15 +11,17 @@ from typing import Any
 import structlog
 
 from flotilla.broker import DELIVERY_POLICY
+from flotilla.bus import Bus
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.scheduler.leader import leader_election
-from flotilla.scheduler.lifecycle import Lifecycle, LifecycleConfig
-from flotilla.scheduler.placement import Placer
+from flotilla.scheduler.lifecycle import Lifecycle, LifecycleConfig, TemplateSource
+from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
 from flotilla.scheduler.relay import OutboxRelay
 from flotilla.scheduler.service import SchedulerService
 from flotilla.scheduler.sla import load_slas
 from flotilla.scheduler.sql import SqlStore
+from flotilla.scheduler.store import Store
 from flotilla.scheduler.tosca import TemplateParser
 from flotilla.settings import Settings
 
@@ -42,33 +44,9 @@ async def run_scheduler(settings: Settings) -> None:
         await election.release()
         return
     _log.info("scheduler_leading", slas=len(slas))
-    bus = RabbitBus(
-        url=settings.bus.url.get_secret_value(),
-        policy=DELIVERY_POLICY,
-        publish_timeout=settings.bus.publish_timeout,
-        heartbeat=settings.bus.heartbeat,
-        reconnect_interval=settings.bus.reconnect_interval,
-        name="flotilla-scheduler",
-    )
+    bus = RabbitBus.from_settings(settings.bus, policy=DELIVERY_POLICY, name="flotilla-scheduler")
     async with bus, SqlStore(url) as store, TemplateParser() as parser:
-        placer = Placer(SiteRegistry(grace=config.grace), slas)
-        lifecycle = Lifecycle(
-            store=store,
-            placer=placer,
-            templates=parser,
-            config=LifecycleConfig(
-                site_timeout=config.site_timeout, max_sites=config.max_sites, grace=config.grace
-            ),
-        )
-        service = SchedulerService(
-            bus=bus,
-            store=store,
-            lifecycle=lifecycle,
-            placer=placer,
-            relay=OutboxRelay(store, bus),
-            verify_senders=config.verify_senders,
-            prefetch=settings.bus.prefetch,
-        )
+        service = build_scheduler(settings, bus=bus, store=store, parser=parser, slas=slas)
         # Everything allocated so far lives as long as the process: keep the collector
         # from rescanning it, which otherwise shows up as long pauses in decisions.
         gc.freeze()
@@ -82,6 +60,37 @@ async def run_scheduler(settings: Settings) -> None:
             watch.cancel()
     await election.release()
     _log.info("scheduler_stopped")
+
+
+def build_scheduler(
+    settings: Settings,
+    *,
+    bus: Bus,
+    store: Store,
+    parser: TemplateSource,
+    slas: list[Sla],
+    verify_senders: bool | None = None,
+) -> SchedulerService:
+    """Wire a scheduler service from its settings and adapters (also used by ``flotilla up``)."""
+    config = settings.scheduler
+    placer = Placer(SiteRegistry(grace=config.grace), slas)
+    lifecycle = Lifecycle(
+        store=store,
+        placer=placer,
+        templates=parser,
+        config=LifecycleConfig(
+            site_timeout=config.site_timeout, max_sites=config.max_sites, grace=config.grace
+        ),
+    )
+    return SchedulerService(
+        bus=bus,
+        store=store,
+        lifecycle=lifecycle,
+        placer=placer,
+        relay=OutboxRelay(store, bus),
+        verify_senders=config.verify_senders if verify_senders is None else verify_senders,
+        prefetch=settings.bus.prefetch,
+    )
 
 
 async def _until(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> None:
