@@ -41,7 +41,7 @@ def load_settings() -> Settings:
 
 def _register() -> None:
     # Sub-command modules register themselves on import; imported here to avoid cycles.
-    from flotilla.cli import agent, broker, scheduler, schemas, template  # noqa: F401
+    from flotilla.cli import agent, broker, deployments, scheduler, schemas, template  # noqa: F401
 
     app.add_typer(template.app, name="template")
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from flotilla.cli.options import InputsOption, parse_inputs
 from flotilla.scheduler.tosca import TemplateError, TemplateParser, TemplateRequirements
 
 app = typer.Typer(
@@ -23,16 +24,6 @@ def _group() -> None:
     """Work with TOSCA templates (no running service needed)."""
 
 
-def _parse_inputs(pairs: list[str]) -> dict[str, str]:
-    inputs: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--input")
-        inputs[name.strip()] = value
-    return inputs
-
-
 async def _requirements(text: str, inputs: dict[str, str]) -> TemplateRequirements:
     async with TemplateParser() as parser:
         return await parser.requirements(text, inputs)
@@ -44,22 +35,14 @@ def check(
         Path,
         typer.Argument(exists=True, dir_okay=False, readable=True, help="TOSCA YAML template."),
     ],
-    input_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            "-i",
-            metavar="NAME=VALUE",
-            help="A template input; repeat for several. Values are read as the input's type.",
-        ),
-    ] = None,
+    input_: InputsOption = None,
 ) -> None:
     """Parse FILE with imports resolved offline; print its requirements as JSON.
 
     On a bad template or bad inputs, print one problem per line (node.field: message) on
     stderr and exit with status 1.
     """
-    inputs = _parse_inputs(input_ or [])
+    inputs = parse_inputs(input_)
     text = file.read_text(encoding="utf-8")
     try:
         requirements = asyncio.run(_requirements(text, inputs))
