@@ -87,7 +87,7 @@ def deploy(
     if as_json:
         out.print_json(data=view)
     elif wait:
-        _print_view(view)
+        print_view(view)
     if wait and view["status"] != "CREATE_COMPLETE":
         raise typer.Exit(code=1)
 
@@ -151,7 +151,7 @@ def status(
     if as_json:
         out.print_json(data=view)
     else:
-        _print_view(view)
+        print_view(view)
 
 
 @app.command("list")
@@ -207,7 +207,7 @@ def delete(
 
     view = _run(url, token, work)
     if wait:
-        _print_view(view)
+        print_view(view)
         if view["status"] != "DELETE_COMPLETE":
             raise typer.Exit(code=1)
 
@@ -270,7 +270,7 @@ def _quota(quota: dict[str, Any]) -> str:
     return f"{quota['resource']} {used}/{'-' if limit is None else f'{limit:g}'}"
 
 
-def _print_view(view: dict[str, Any]) -> None:
+def print_view(view: dict[str, Any]) -> None:
     out.print(
         Text.assemble(("deployment ", ""), (view["id"], "bold"), " ", _status_text(view["status"]))
     )

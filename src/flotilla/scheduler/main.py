@@ -70,10 +70,11 @@ def build_scheduler(
     parser: TemplateSource,
     slas: list[Sla],
     verify_senders: bool | None = None,
+    registry: SiteRegistry | None = None,
 ) -> SchedulerService:
     """Wire a scheduler service from its settings and adapters (also used by ``flotilla up``)."""
     config = settings.scheduler
-    placer = Placer(SiteRegistry(grace=config.grace), slas)
+    placer = Placer(registry or SiteRegistry(grace=config.grace), slas)
     lifecycle = Lifecycle(
         store=store,
         placer=placer,
