@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from flotilla.broker import (
     DELIVERY_POLICY,
@@ -68,7 +65,6 @@ from flotilla.schemas import (
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(300)]
 
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 TEMPLATE = """\
 tosca_definitions_version: tosca_simple_yaml_1_0
 topology_template:
@@ -83,24 +79,6 @@ topology_template:
         memory: 1 GB
 """
 BURST = 120
-
-
-async def _pg(statement: str) -> None:
-    engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one scheduler run; dropped afterwards."""
-    name = f"flotilla_crash_{uuid.uuid4().hex[:10]}"
-    await _pg(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    await _pg(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def rabbitmqctl(*args: str) -> None:
