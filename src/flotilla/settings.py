@@ -74,6 +74,63 @@ class SchedulerSettings(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    """The REST gateway process: where it listens, how it checks tokens, how it calls back."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    auth: bool = Field(
+        default=True,
+        description="Check OIDC bearer tokens; turning it off makes every caller 'local'.",
+    )
+    oidc_issuer: str | None = Field(
+        default=None, description="Expected token issuer (iss), e.g. https://iam.example.org/."
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="Expected token audience (aud); not checked when unset."
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None,
+        description="The issuer's JWKS URL; discovered from the issuer's metadata when unset.",
+    )
+    oidc_group_claim: str = Field(
+        default="groups",
+        description="Token claim listing the caller's groups (wlcg.groups is also read).",
+    )
+    oidc_admin_group: str = Field(
+        default="flotilla-admins", description="Members of this group see every deployment."
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature on callbacks (X-Flotilla-Signature).",
+    )
+    callback_retries: int = Field(
+        default=5, ge=0, le=20, description="Retries of a failed callback after the first try."
+    )
+    callback_backoff: timedelta = Field(
+        default=timedelta(seconds=1),
+        gt=timedelta(0),
+        description="Wait before the first callback retry; doubles with each retry.",
+    )
+    callback_timeout: timedelta = Field(
+        default=timedelta(seconds=10), gt=timedelta(0), description="Bound of one callback POST."
+    )
+    create_wait: timedelta = Field(
+        default=timedelta(seconds=2),
+        ge=timedelta(0),
+        description="How long a create or delete waits for the scheduler to record it.",
+    )
+    poll_interval: timedelta = Field(
+        default=timedelta(milliseconds=300),
+        gt=timedelta(0),
+        description="How often event streams and callbacks look for new journal entries.",
+    )
+    heartbeat_queue: str = Field(
+        default="flotilla.gateway.heartbeats",
+        description="Queue of site leases and capacity for /v1/sites; one per gateway replica.",
+    )
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -99,5 +156,8 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT mirror.")
     scheduler: SchedulerSettings = Field(
         default_factory=SchedulerSettings, description="Scheduler process."
+    )
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings, description="REST gateway process."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")

@@ -50,7 +50,15 @@ from flotilla.schemas import (
 pytestmark = pytest.mark.timeout(60)
 
 PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-TABLES = {"deployments", "attempts", "outbox", "handled_keys", "alembic_version"}
+TABLES = {
+    "deployments",
+    "attempts",
+    "outbox",
+    "handled_keys",
+    "journal",
+    "cursors",
+    "alembic_version",
+}
 T = TypeVar("T")
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

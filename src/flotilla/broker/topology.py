@@ -52,6 +52,7 @@ SCHEDULER_REQUESTS = "flotilla.scheduler.requests"
 SCHEDULER_REPORTS = "flotilla.scheduler.reports"
 SCHEDULER_HEARTBEATS = "flotilla.scheduler.heartbeats"
 SCHEDULER_USER = "flotilla-scheduler"
+GATEWAY_HEARTBEATS = "flotilla.gateway.heartbeats"
 
 DELIVERY_POLICY = DeliveryPolicy(
     retry=RetryPolicy(prefix=RETRY_PREFIX),
@@ -131,6 +132,31 @@ def route(message: Envelope) -> Route:
         site = message.data.site  # type: ignore[attr-defined]
         return Route(exchange=REPORTS, routing_key=f"site.{site}.deployment.{event}")
     raise TypeError(f"no route for message type {type(message).__name__}")
+
+
+def gateway_topology(queue: str = GATEWAY_HEARTBEATS) -> Topology:
+    """A gateway's queue of site leases and capacity reports, for its ``/v1/sites`` view.
+
+    Like the scheduler's heartbeat queue it is latest-wins: old heartbeats expire and are
+    dropped, never dead-lettered, and the queue is bounded so a gateway replica that went
+    away does not leave a growing queue behind. Each replica needs its own queue name.
+    """
+    return Topology(
+        policy=DELIVERY_POLICY,
+        exchanges=(Exchange(name=REPORTS),),
+        queues=(
+            Queue(
+                name=queue,
+                message_ttl=timedelta(minutes=2),
+                max_length=10_000,
+                dead_letters=False,
+            ),
+        ),
+        bindings=(
+            Binding(queue=queue, exchange=REPORTS, pattern="site.*.lease"),
+            Binding(queue=queue, exchange=REPORTS, pattern="site.*.capacity"),
+        ),
+    )
 
 
 def mirror_topology(queue: str = "flotilla.mqtt-mirror") -> Topology:

@@ -41,7 +41,16 @@ def load_settings() -> Settings:
 
 def _register() -> None:
     # Sub-command modules register themselves on import; imported here to avoid cycles.
-    from flotilla.cli import agent, broker, deployments, scheduler, schemas, template  # noqa: F401
+    from flotilla.cli import (  # noqa: F401
+        agent,
+        broker,
+        deployments,
+        gateway,
+        scheduler,
+        schemas,
+        template,
+        up,
+    )
 
     app.add_typer(template.app, name="template")
 

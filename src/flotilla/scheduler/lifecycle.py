@@ -46,6 +46,7 @@ from flotilla.schemas import (
 )
 
 S = DeploymentStatus
+_SITE_REPORTS = (DeploymentProvisioned, ProvisioningFailed, DeploymentReleased, ReleaseFailed)
 
 
 class OperationInProgressError(PermanentError):
@@ -483,10 +484,18 @@ class Lifecycle:
         attempts: tuple[AttemptRecord, ...] = (),
         outbox: tuple[Envelope, ...] = (),
     ) -> Change:
+        # The journal keeps the public story: status changes, and the site report that caused
+        # the step. Commands and requests stay out: they carry plans and templates.
+        journal: tuple[Envelope, ...] = tuple(
+            m for m in outbox if isinstance(m, DeploymentStatusChanged)
+        )
+        if isinstance(cause, _SITE_REPORTS):
+            journal = (cause, *journal)
         return Change(
             deployment=record,
             attempts=attempts,
             outbox=outbox,
+            journal=journal,
             handled_key=cause.id if cause else None,
             expected_version=record.version or None,
         )

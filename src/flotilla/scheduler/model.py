@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from flotilla.errors import PermanentError
 from flotilla.schemas import DeploymentRequest, DeploymentStatus, Envelope
 
 
@@ -81,14 +82,16 @@ class DeploymentRecord:
 class Change:
     """Everything one step of the lifecycle writes, atomically.
 
-    The deployment, its touched attempts, the messages to publish (the outbox) and the
-    idempotency key of the message that caused the step are written in one transaction,
-    so a crash never loses a decision nor publishes one that was not stored.
+    The deployment, its touched attempts, the messages to publish (the outbox), the events
+    to keep in the deployment's journal and the idempotency key of the message that caused
+    the step are written in one transaction, so a crash never loses a decision nor
+    publishes one that was not stored, and the journal never disagrees with the state.
     """
 
     deployment: DeploymentRecord
     attempts: tuple[AttemptRecord, ...] = ()
     outbox: tuple[Envelope, ...] = ()
+    journal: tuple[Envelope, ...] = ()
     handled_key: str | None = None
     expected_version: int | None = None
 
@@ -99,3 +102,31 @@ class OutboxEntry:
 
     sequence: int
     message: Envelope
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """One event in a deployment's history, as watchers read it.
+
+    ``sequence`` increases across every deployment in the order the entries were written,
+    so a reader resumes after the last sequence it saw. ``time`` is when the store wrote it.
+    """
+
+    sequence: int
+    deployment_id: str
+    time: datetime
+    message: Envelope
+
+
+def journal_deployment_id(message: Envelope) -> str:
+    """The deployment a journaled message belongs to: its payload's, else its correlation id.
+
+    Raises:
+        PermanentError: the message names no deployment.
+    """
+    payload = getattr(message, "data", None)
+    deployment_id = getattr(payload, "deployment_id", None) or message.correlationid
+    if not isinstance(deployment_id, str):
+        kind = getattr(message, "type", type(message).__name__)
+        raise PermanentError(f"{kind} names no deployment to journal it under")
+    return deployment_id

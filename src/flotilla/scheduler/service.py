@@ -149,7 +149,11 @@ class SchedulerService:
             ReleaseFailed: lifecycle.release_failed,
         }
         if isinstance(message, ProgressReported):
-            return  # progress is for watchers; the lifecycle does not change on it
+            # Progress is for watchers: journaled, never decided on. Under the deployment's
+            # lock, so its journal entries are written in the order readers see them.
+            async with self._locks[message.data.deployment_id]:
+                await self._store.record([message])
+            return
         step = steps.get(type(message))
         if step is None:
             raise PermanentError(f"{message.type} does not belong on {delivery.queue}")

@@ -1,14 +1,29 @@
-"""The scheduler's storage port, and the in-memory implementation for tests and embedded mode."""
+"""The scheduler's storage port, and the in-memory implementation for tests and embedded mode.
+
+Besides the state the scheduler decides on, the store keeps a *journal*: every public
+event of every deployment (status changes, site reports, progress) under one increasing
+sequence. Status changes and reports are journaled in the transaction of the change they
+belong to; progress is appended on its own with ``record``. Readers (the gateway's event
+streams, logs and callbacks) page through it with ``journal`` and ``journal_since``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
 from flotilla.errors import PermanentError, RetryableError
-from flotilla.scheduler.model import AttemptRecord, Change, DeploymentRecord, OutboxEntry
-from flotilla.schemas import DeploymentStatus
+from flotilla.scheduler.model import (
+    AttemptRecord,
+    Change,
+    DeploymentRecord,
+    JournalEntry,
+    OutboxEntry,
+    journal_deployment_id,
+)
+from flotilla.schemas import DeploymentStatus, Envelope, utc_now
 
 FINAL_STATUSES = frozenset(
     {
@@ -65,6 +80,55 @@ class Store(Protocol):
         """Remove published messages from the outbox."""
         ...
 
+    async def record(self, messages: Sequence[Envelope]) -> None:
+        """Append events to their deployments' journals outside of a change (e.g. progress).
+
+        A message already in the journal (same id, e.g. a redelivery) is not added again.
+        """
+        ...
+
+    async def journal(
+        self, deployment_id: str, *, after: int = 0, limit: int = 500
+    ) -> list[JournalEntry]:
+        """A deployment's journal entries with a sequence above ``after``, oldest first."""
+        ...
+
+    async def journal_since(self, after: int = 0, *, limit: int = 500) -> list[JournalEntry]:
+        """Every deployment's journal entries with a sequence above ``after``, oldest first."""
+        ...
+
+    async def journal_head(self) -> int:
+        """The highest journal sequence written so far (0 for an empty journal)."""
+        ...
+
+    async def list_deployments(
+        self,
+        *,
+        owner: str | None = None,
+        groups: Collection[str] | None = None,
+        status: DeploymentStatus | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[DeploymentRecord], int]:
+        """One page of deployments, newest first, and how many match in total.
+
+        Args:
+            owner: Only deployments of this owner.
+            groups: Only deployments of these groups (None: any group; empty: none).
+            status: Only deployments in this status.
+            offset: Matching deployments to skip.
+            limit: Most deployments to return.
+        """
+        ...
+
+    async def cursor(self, name: str) -> int | None:
+        """Where the journal reader ``name`` saved its position, if it ever did."""
+        ...
+
+    async def save_cursor(self, name: str, position: int) -> None:
+        """Save the journal position of the reader ``name``."""
+        ...
+
 
 class MemoryStore:
     """A ``Store`` in a dictionary, for unit tests and the embedded mode."""
@@ -75,6 +139,11 @@ class MemoryStore:
         self._outbox: dict[int, OutboxEntry] = {}
         self._done: set[str] = set()
         self._sequence = 0
+        self._journal: dict[int, JournalEntry] = {}
+        self._by_deployment: dict[str, list[int]] = {}
+        self._journaled: set[str] = set()
+        self._journal_sequence = 0
+        self._cursors: dict[str, int] = {}
 
     async def get(self, deployment_id: str) -> DeploymentRecord | None:
         """One deployment, if it exists."""
@@ -91,6 +160,8 @@ class MemoryStore:
     async def commit(self, change: Change) -> DeploymentRecord:
         """Apply a change; all of it or nothing."""
         _require_aware(change)
+        for message in change.journal:
+            journal_deployment_id(message)  # refuse before writing anything
         current = self._deployments.get(change.deployment.id)
         stored_version = current.version if current else None
         if change.expected_version is not None and stored_version != change.expected_version:
@@ -106,6 +177,7 @@ class MemoryStore:
         for message in change.outbox:
             self._sequence += 1
             self._outbox[self._sequence] = OutboxEntry(sequence=self._sequence, message=message)
+        self._append(change.journal)
         if change.handled_key is not None:
             self._done.add(change.handled_key)
         return record
@@ -126,6 +198,69 @@ class MemoryStore:
         """Forget published messages."""
         for sequence in sequences:
             self._outbox.pop(sequence, None)
+
+    async def record(self, messages: Sequence[Envelope]) -> None:
+        """Append events to the journal; ids already journaled are skipped."""
+        self._append(messages)
+
+    async def journal(
+        self, deployment_id: str, *, after: int = 0, limit: int = 500
+    ) -> list[JournalEntry]:
+        """A deployment's entries after ``after``, oldest first."""
+        sequences = [s for s in self._by_deployment.get(deployment_id, []) if s > after]
+        return [self._journal[s] for s in sequences[:limit]]
+
+    async def journal_since(self, after: int = 0, *, limit: int = 500) -> list[JournalEntry]:
+        """Every entry after ``after``, oldest first."""
+        sequences = [s for s in self._journal if s > after]  # dicts keep insertion order
+        return [self._journal[s] for s in sequences[:limit]]
+
+    async def journal_head(self) -> int:
+        """The highest sequence written."""
+        return self._journal_sequence
+
+    async def list_deployments(
+        self,
+        *,
+        owner: str | None = None,
+        groups: Collection[str] | None = None,
+        status: DeploymentStatus | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[DeploymentRecord], int]:
+        """A page of matching deployments, newest first, and the total."""
+        allowed = None if groups is None else set(groups)
+        matching = [
+            d
+            for d in self._deployments.values()
+            if (owner is None or d.owner == owner)
+            and (allowed is None or d.group in allowed)
+            and (status is None or d.status is status)
+        ]
+        matching.sort(key=lambda d: (d.created_at, d.id), reverse=True)
+        return matching[offset : offset + limit], len(matching)
+
+    async def cursor(self, name: str) -> int | None:
+        """A reader's saved position."""
+        return self._cursors.get(name)
+
+    async def save_cursor(self, name: str, position: int) -> None:
+        """Save a reader's position."""
+        self._cursors[name] = position
+
+    def _append(self, messages: Sequence[Envelope]) -> None:
+        now = utc_now()
+        for message in messages:
+            if message.id in self._journaled:
+                continue
+            deployment_id = journal_deployment_id(message)
+            self._journal_sequence += 1
+            sequence = self._journal_sequence
+            self._journal[sequence] = JournalEntry(
+                sequence=sequence, deployment_id=deployment_id, time=now, message=message
+            )
+            self._by_deployment.setdefault(deployment_id, []).append(sequence)
+            self._journaled.add(message.id)
 
 
 def _require_aware(change: Change) -> None:

@@ -7,14 +7,14 @@ transactional outbox: a crash never loses a decision nor publishes one that was 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import RowMapping, delete, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,13 +24,22 @@ from flotilla.scheduler.model import (
     AttemptRecord,
     Change,
     DeploymentRecord,
+    JournalEntry,
     Operation,
     OutboxEntry,
+    journal_deployment_id,
 )
 from flotilla.scheduler.sql.engine import create_engine
 from flotilla.scheduler.sql.error import StoreClosedError, translated
 from flotilla.scheduler.sql.migration import upgrade_to_head
-from flotilla.scheduler.sql.table import AttemptRow, DeploymentRow, HandledKeyRow, OutboxRow
+from flotilla.scheduler.sql.table import (
+    AttemptRow,
+    CursorRow,
+    DeploymentRow,
+    HandledKeyRow,
+    JournalRow,
+    OutboxRow,
+)
 from flotilla.scheduler.store import StaleWriteError
 from flotilla.schemas import (
     DeploymentRequest,
@@ -160,6 +169,7 @@ class SqlStore:
             version = await self._write_deployment(conn, change)
             await self._write_attempts(conn, change)
             await self._write_outbox(conn, change)
+            await self._write_journal(conn, change.journal)
             if change.handled_key is not None:
                 await conn.execute(self._insert_key(change.handled_key))
             return replace(change.deployment, version=version)
@@ -205,6 +215,126 @@ class SqlStore:
             await conn.execute(delete(OutboxRow).where(OutboxRow.sequence.in_(sequences)))
 
         await self._run("remove sent messages", work)
+
+    async def record(self, messages: Sequence[Envelope]) -> None:
+        """Append events to their deployments' journals outside of a change.
+
+        A message already journaled (same id, e.g. a redelivery) is not added again.
+        """
+        if not messages:
+            return
+
+        async def work(conn: AsyncConnection) -> None:
+            await self._write_journal(conn, messages)
+
+        await self._run("journal events", work)
+
+    async def journal(
+        self, deployment_id: str, *, after: int = 0, limit: int = 500
+    ) -> list[JournalEntry]:
+        """A deployment's journal entries with a sequence above ``after``, oldest first.
+
+        Raises:
+            MessageDecodeError: a stored event no longer decodes.
+        """
+
+        async def work(conn: AsyncConnection) -> list[JournalEntry]:
+            query = (
+                select(JournalRow)
+                .where(JournalRow.deployment_id == deployment_id, JournalRow.sequence > after)
+                .order_by(JournalRow.sequence)
+                .limit(limit)
+            )
+            return [_journal_entry(row) for row in (await conn.execute(query)).mappings()]
+
+        return await self._run("read a journal", work)
+
+    async def journal_since(self, after: int = 0, *, limit: int = 500) -> list[JournalEntry]:
+        """Every deployment's journal entries with a sequence above ``after``, oldest first.
+
+        Raises:
+            MessageDecodeError: a stored event no longer decodes.
+        """
+
+        async def work(conn: AsyncConnection) -> list[JournalEntry]:
+            query = (
+                select(JournalRow)
+                .where(JournalRow.sequence > after)
+                .order_by(JournalRow.sequence)
+                .limit(limit)
+            )
+            return [_journal_entry(row) for row in (await conn.execute(query)).mappings()]
+
+        return await self._run("read the journal", work)
+
+    async def journal_head(self) -> int:
+        """The highest journal sequence written so far (0 for an empty journal)."""
+
+        async def work(conn: AsyncConnection) -> int:
+            head = await conn.scalar(select(func.max(JournalRow.sequence)))
+            return int(head or 0)
+
+        return await self._run("read the journal head", work)
+
+    async def list_deployments(
+        self,
+        *,
+        owner: str | None = None,
+        groups: Collection[str] | None = None,
+        status: DeploymentStatus | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[DeploymentRecord], int]:
+        """One page of deployments, newest first, and how many match in total."""
+        if groups is not None and not groups:
+            return [], 0
+        conditions: list[ColumnElement[bool]] = []
+        if owner is not None:
+            conditions.append(DeploymentRow.owner == owner)
+        if groups is not None:
+            conditions.append(DeploymentRow.group_name.in_(sorted(groups)))
+        if status is not None:
+            conditions.append(DeploymentRow.status == status.value)
+
+        async def work(conn: AsyncConnection) -> tuple[list[DeploymentRecord], int]:
+            count = select(func.count()).select_from(DeploymentRow).where(*conditions)
+            total = int(await conn.scalar(count) or 0)
+            query = (
+                select(DeploymentRow)
+                .where(*conditions)
+                .order_by(DeploymentRow.created_at.desc(), DeploymentRow.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            rows = (await conn.execute(query)).mappings()
+            return [_deployment(row) for row in rows], total
+
+        return await self._run("list deployments", work)
+
+    async def cursor(self, name: str) -> int | None:
+        """Where the journal reader ``name`` saved its position, if it ever did."""
+
+        async def work(conn: AsyncConnection) -> int | None:
+            query = select(CursorRow.position).where(CursorRow.name == name)
+            position = await conn.scalar(query)
+            return None if position is None else int(position)
+
+        return await self._run("read a cursor", work)
+
+    async def save_cursor(self, name: str, position: int) -> None:
+        """Save the journal position of the reader ``name``."""
+        values = {"name": name, "position": position, "updated_at": utc_now()}
+
+        async def work(conn: AsyncConnection) -> None:
+            upsert = self._insert(CursorRow).values(**values)
+            await conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[CursorRow.name],
+                    set_={"position": position, "updated_at": values["updated_at"]},
+                )
+            )
+
+        await self._run("save a cursor", work)
 
     async def _run(self, what: str, work: Work[T]) -> T:
         """Run ``work`` in one transaction, bounded and with errors translated."""
@@ -264,6 +394,21 @@ class SqlStore:
         for row in rows:
             await conn.execute(insert(OutboxRow).values(**row))
 
+    async def _write_journal(self, conn: AsyncConnection, messages: Sequence[Envelope]) -> None:
+        """Append events to the journal in order; an id already there is skipped."""
+        now = utc_now()
+        # One row per statement keeps the sequence in the given order on every dialect.
+        for message in messages:
+            row = {
+                "message_id": message.id,
+                "deployment_id": journal_deployment_id(message),
+                "type": getattr(message, "type", type(message).__name__),
+                "time": now,
+                "message": encode(message).decode(),
+            }
+            statement = self._insert(JournalRow).values(**row)
+            await conn.execute(statement.on_conflict_do_nothing(index_elements=["message_id"]))
+
     def _insert_key(self, key: str) -> Any:
         """Insert a handled key unless it is already there (marking twice is harmless)."""
         statement = self._insert(HandledKeyRow).values(key=key, created_at=utc_now())
@@ -285,6 +430,8 @@ def _deployment_values(record: DeploymentRecord) -> dict[str, Any]:
     return {
         "id": record.id,
         "request": record.request.model_dump(mode="json"),
+        "owner": record.owner,
+        "group_name": record.group,
         "status": record.status.value,
         "status_reason": record.status_reason,
         "operation": None if record.operation is None else record.operation.value,
@@ -349,3 +496,19 @@ def _entry(row: RowMapping) -> OutboxEntry:
             resource=f"outbox/{row['sequence']}",
         ) from exc
     return OutboxEntry(sequence=row["sequence"], message=message)
+
+
+def _journal_entry(row: RowMapping) -> JournalEntry:
+    try:
+        message: Envelope = decode(row["message"].encode())
+    except InvalidMessageError as exc:
+        raise MessageDecodeError(
+            f"journal entry {row['sequence']} no longer decodes: {exc.reason}",
+            resource=f"journal/{row['sequence']}",
+        ) from exc
+    return JournalEntry(
+        sequence=row["sequence"],
+        deployment_id=row["deployment_id"],
+        time=row["time"],
+        message=message,
+    )

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -80,6 +81,9 @@ class DeploymentRow(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     # Indexed: in_flight() scans for deployments with an operation at every start-up.
     operation: Mapped[str | None] = mapped_column(String(16), index=True)
+    # Copied out of ``request`` so listings filter by tenant without reading JSON.
+    owner: Mapped[str] = mapped_column(String(256), index=True, server_default="")
+    group_name: Mapped[str] = mapped_column(String(256), index=True, server_default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     deadline: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -128,6 +132,34 @@ class HandledKeyRow(Base):
 
     key: Mapped[str] = mapped_column(String(512), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class JournalRow(Base):
+    """One event in a deployment's history; ``sequence`` orders every deployment's events."""
+
+    __tablename__ = "journal"
+    __table_args__ = (
+        Index("ix_journal_deployment_id_sequence", "deployment_id", "sequence"),
+        {"sqlite_autoincrement": True},  # never reuse a sequence: readers resume after one
+    )
+
+    sequence: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    # Unique: a redelivered report or progress message is journaled once.
+    message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    deployment_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(128))
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+    message: Mapped[str] = mapped_column(Text)
+
+
+class CursorRow(Base):
+    """Where a journal reader (e.g. the gateway's callback sender) got to."""
+
+    __tablename__ = "cursors"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 metadata = Base.metadata
