@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -16,6 +16,7 @@ from flotilla.errors import FlotillaError, RetryableError
 FINAL = frozenset(
     {"CREATE_COMPLETE", "CREATE_FAILED", "DELETE_COMPLETE", "DELETE_FAILED", "UPDATE_COMPLETE"}
 )
+DELETED = frozenset({"DELETE_COMPLETE", "DELETE_FAILED"})
 
 
 class ApiError(FlotillaError):
@@ -96,17 +97,24 @@ class FlotillaClient:
         return await self._call("GET", "/v1/sites")
 
     async def events(
-        self, deployment_id: str, *, after: int | None = None, until_final: bool = False
+        self,
+        deployment_id: str,
+        *,
+        after: int | None = None,
+        until: Collection[str] = (),
     ) -> AsyncIterator[Event]:
-        """A deployment's events in order, from after ``after``; resumes after a drop."""
+        """A deployment's events in order, from after ``after``, resuming after a drop.
+
+        The stream ends after an event whose status is in ``until`` (``FINAL`` for any
+        final status); with no ``until`` it goes on until the caller stops.
+        """
         last = after
         path = f"/v1/deployments/{deployment_id}/events"
         while True:
-            params = {"until_final": "true"} if until_final else {}
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
                 async with aconnect_sse(
-                    self._http, "GET", path, params=params, headers=headers, timeout=None
+                    self._http, "GET", path, headers=headers, timeout=None
                 ) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
@@ -117,10 +125,8 @@ class FlotillaClient:
                         event = Event(id=int(sse.id), type=sse.event, message=json.loads(sse.data))
                         last = event.id
                         yield event
-                        if until_final and event.data.get("status") in FINAL:
+                        if event.data.get("status") in until:
                             return
-                if until_final:
-                    return
             except httpx.RemoteProtocolError:
                 continue  # the stream broke: resume from the last event seen
             except httpx.TransportError as exc:

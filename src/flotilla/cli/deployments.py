@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,7 +23,7 @@ from rich.text import Text
 
 from flotilla.cli.app import app
 from flotilla.cli.options import InputsOption, parse_inputs
-from flotilla.client import FINAL, Event, FlotillaClient
+from flotilla.client import DELETED, FINAL, Event, FlotillaClient
 
 out = Console(soft_wrap=True)
 
@@ -93,12 +93,16 @@ def deploy(
 
 
 async def follow(
-    client: FlotillaClient, deployment_id: str, *, quiet: bool = False
+    client: FlotillaClient,
+    deployment_id: str,
+    *,
+    until: Collection[str] = FINAL,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Show a deployment's events live until a final status; return the final view."""
     spinner = Spinner("dots", text="waiting for the scheduler")
     with Live(spinner, console=out, transient=True) as live:
-        async for event in client.events(deployment_id, until_final=True):
+        async for event in client.events(deployment_id, until=until):
             line = _event_line(event)
             if line is None or quiet:
                 continue
@@ -203,7 +207,7 @@ def delete(
     async def work(client: FlotillaClient) -> dict[str, Any]:
         view = await client.delete(deployment_id, force=force)
         out.print(f"deployment [bold]{deployment_id}[/] {view['status']}", highlight=False)
-        return await follow(client, deployment_id) if wait else view
+        return await follow(client, deployment_id, until=DELETED) if wait else view
 
     view = _run(url, token, work)
     if wait:
@@ -224,7 +228,7 @@ def events(
     """Print a deployment's events in order (JSON lines with --json)."""
 
     async def work(client: FlotillaClient) -> None:
-        stream = client.events(deployment_id, after=after, until_final=not follow_)
+        stream = client.events(deployment_id, after=after, until=() if follow_ else FINAL)
         async for event in stream:
             if as_json:
                 out.print(json.dumps(event.message), soft_wrap=True, highlight=False)

@@ -1,0 +1,5 @@
+"""``python -m flotilla``: the same as the ``flotilla`` command."""
+
+from flotilla.cli import main
+
+main()
