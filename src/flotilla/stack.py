@@ -61,6 +61,11 @@ def rabbit_buses(settings: Settings, url: str | None = None) -> BusFactory:
     )
 
 
+def embedded_slas(sites: Sequence[str], group: str = "local") -> list[Sla]:
+    """SLAs that let ``group`` (the embedded mode's only group) use every given site."""
+    return [Sla(id=f"sla-{group}-{site}", group=group, site=site) for site in sites]
+
+
 @dataclass
 class _Agent:
     config: AgentConfig

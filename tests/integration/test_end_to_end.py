@@ -24,7 +24,7 @@ from flotilla.broker import DELIVERY_POLICY, site_topology
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.client import FINAL, Event, FlotillaClient
 from flotilla.settings import SchedulerSettings, Settings
-from flotilla.stack import Stack, rabbit_buses
+from flotilla.stack import Stack, embedded_slas, rabbit_buses
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -51,6 +51,7 @@ async def stack(vhost_url: str, database: str, tmp_path: Path) -> AsyncIterator[
         settings,
         buses=rabbit_buses(settings, vhost_url),
         sites=[local_site(name, tmp_path) for name in SITES],
+        slas=embedded_slas(SITES),
         verify_senders=False,  # every part uses guest here; per-site logins are tested apart
         port=0,
     ) as running:
@@ -181,7 +182,11 @@ topology_template:
     agent = start_agent(site_file, vhost_url)
     try:
         async with Stack(
-            settings, buses=rabbit_buses(settings, vhost_url), verify_senders=False, port=0
+            settings,
+            buses=rabbit_buses(settings, vhost_url),
+            slas=embedded_slas([site]),
+            verify_senders=False,
+            port=0,
         ) as stack:
             await stack.wait_for_sites([site])
             async with FlotillaClient(stack.url) as client:

@@ -304,8 +304,11 @@ class AgentService:
                 await self._send_capacity(snapshot)
                 last, last_sent = snapshot, now
             self._capacity_changed.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as its timeout fires, and the beat never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._capacity_changed.wait(), timeout=lease_every)
+                async with asyncio.timeout(lease_every):
+                    await self._capacity_changed.wait()
 
     async def _snapshot(self) -> SiteSnapshot | None:
         try:

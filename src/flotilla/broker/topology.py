@@ -126,7 +126,10 @@ def route(message: Envelope) -> Route:
         return Route(exchange=REPORTS, routing_key=f"site.{message.data.site}.capacity")
     if isinstance(message, DeploymentStatusChanged):
         status = message.data.status.value.lower()
-        return Route(exchange=EVENTS, routing_key=f"deployment.status_changed.{status}")
+        # Public events: consumers come and go, and no consumer is not an error.
+        return Route(
+            exchange=EVENTS, routing_key=f"deployment.status_changed.{status}", mandatory=False
+        )
     event = _REPORT_EVENTS.get(type(message))
     if event is not None:
         site = message.data.site  # type: ignore[attr-defined]

@@ -206,7 +206,7 @@ class MemoryBus:
     async def publish(
         self, message: Envelope, route: Route, *, headers: Mapping[str, Any] | None = None
     ) -> None:
-        """Route a message to its queues; unroutable messages raise, as with ``mandatory``."""
+        """Route a message to its queues; an unroutable mandatory message raises."""
         self._require_open()
         delivery = Delivery(
             body=encode(message),
@@ -217,7 +217,7 @@ class MemoryBus:
             user_id=self._user,
             headers=dict(headers or {}),
         )
-        if not self.broker.route(delivery):
+        if not self.broker.route(delivery) and route.mandatory:
             raise UnroutableMessageError(
                 f"no queue bound on {route.exchange!r} for {route.routing_key!r}"
             )

@@ -22,10 +22,15 @@ class BusState(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
-    """Where a message is published: an exchange and a routing key."""
+    """Where a message is published: an exchange and a routing key.
+
+    ``mandatory`` routes must reach a queue (else ``UnroutableMessageError``); a public
+    event stream nobody subscribes to yet is not mandatory, its events are simply dropped.
+    """
 
     exchange: str
     routing_key: str
+    mandatory: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

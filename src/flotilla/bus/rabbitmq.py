@@ -205,7 +205,9 @@ class RabbitBus:
             timestamp=message.time,
             user_id=self._user,
         )
-        await self._publish(amqp_message, route.exchange, route.routing_key)
+        await self._publish(
+            amqp_message, route.exchange, route.routing_key, mandatory=route.mandatory
+        )
 
     async def subscribe(
         self,
@@ -297,7 +299,14 @@ class RabbitBus:
         )
         await self._publish(copy, exchange, delivery.queue)
 
-    async def _publish(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
+    async def _publish(
+        self,
+        message: aio_pika.Message,
+        exchange: str,
+        routing_key: str,
+        *,
+        mandatory: bool = True,
+    ) -> None:
         # Not _require_open(): while close() drains, finished handlers still forward copies.
         channel = self._channel
         if channel is None:
@@ -308,7 +317,9 @@ class RabbitBus:
             async with asyncio.timeout(self._publish_timeout):
                 while True:
                     try:
-                        await self._publish_once(channel, message, exchange, routing_key)
+                        await self._publish_once(
+                            channel, message, exchange, routing_key, mandatory=mandatory
+                        )
                     except _TRANSIENT as exc:
                         last_error = exc
                         _log.warning("publish_retrying", exchange=exchange, error=repr(exc))
@@ -331,9 +342,13 @@ class RabbitBus:
         message: aio_pika.Message,
         exchange: str,
         routing_key: str,
+        *,
+        mandatory: bool,
     ) -> None:
         try:
-            await self._exchange(channel, exchange).publish(message, routing_key, mandatory=True)
+            await self._exchange(channel, exchange).publish(
+                message, routing_key, mandatory=mandatory
+            )
         except PublishError as exc:
             raise UnroutableMessageError(
                 f"no queue bound on {exchange!r} for {routing_key!r}"

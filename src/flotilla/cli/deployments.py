@@ -116,7 +116,8 @@ async def follow(
 
 def _event_line(event: Event) -> Text | None:
     data = event.data
-    where = f"{data.get('site', '')}#{data.get('attempt', '')}" if data.get("site") else ""
+    site, attempt = data.get("site"), data.get("attempt")
+    where = f"{site}#{attempt}" if site and attempt else site or ""
     kind = event.type.rsplit(".", 1)[-1]
     if kind == "status_changed":
         reason = f": {data['reason']}" if data.get("reason") else ""

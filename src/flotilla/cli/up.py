@@ -7,6 +7,7 @@ Gateway, scheduler and two local-site agents run together on the in-memory bus a
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 
 from flotilla.cli.app import app, err, load_settings
 from flotilla.cli.options import InputsOption, parse_inputs
+from flotilla.log import configure_logging
 from flotilla.settings import Settings
 
 
@@ -51,6 +53,9 @@ def up(
     Authentication is off: this is the embedded mode for a workstation or a demo.
     """
     settings = load_settings()
+    if "FLOTILLA_LOG__LEVEL" not in os.environ:
+        # The live display is the output here; logs only when something goes wrong.
+        configure_logging(settings.log.model_copy(update={"level": "warning"}))
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     url = store or f"sqlite+aiosqlite:///{state_dir / 'flotilla.db'}"
@@ -77,7 +82,7 @@ async def _up(
     from flotilla.agents.config import AgentConfig
     from flotilla.cli.deployments import follow, out, print_view
     from flotilla.client import FlotillaClient
-    from flotilla.stack import Stack, memory_buses, rabbit_buses
+    from flotilla.stack import Stack, embedded_slas, memory_buses, rabbit_buses
 
     configs = [
         AgentConfig.model_validate(
@@ -100,6 +105,7 @@ async def _up(
         settings,
         buses=buses,
         sites=configs,
+        slas=embedded_slas([c.site for c in configs]),
         # One broker login for every part on RabbitMQ: sender checks cannot tell them apart.
         verify_senders=bus_url is None,
         auth=None,
