@@ -58,11 +58,11 @@ def record(deployment_id: str) -> DeploymentRecord:
     )
 
 
-def release(deployment_id: str, attempt: int = 1) -> ReleaseDeployment:
-    """A command routed to site alpha's queue."""
+def release(deployment_id: str, attempt: int = 1, site: str = "alpha") -> ReleaseDeployment:
+    """A command routed to a site's queue (alpha's is declared)."""
     data = Release(
         deployment_id=deployment_id,
-        site="alpha",
+        site=site,
         attempt=attempt,
         idempotency_key=f"{deployment_id}/{attempt}",
         reason="test",
@@ -260,26 +260,38 @@ async def test_retryable_failures_are_retried_in_order(world: World) -> None:
 async def test_unroutable_entry_is_parked_not_dropped(world: World) -> None:
     """An unroutable message is kept and holds back its deployment only; it goes once routable."""
     held, free = new_id(), new_id()
-    event, command = status_changed(held), release(held)
+    command, after = release(held, site="beta"), status_changed(held)
     other = delete_requested(free)
-    await world.commit(event, command)
+    await world.commit(command, after)
     await world.commit(other)
     relay = OutboxRelay(world.store, world.bus, retry_delays=FAST)
 
     async with running(relay):
         await world.store.wait_until(
-            lambda entries: [e.message.id for e in entries] == [event.id, command.id]
+            lambda entries: [e.message.id for e in entries] == [command.id, after.id]
         )
         assert len(relay.parked) == 1
-        assert world.broker.depth(SITE_QUEUE) == 0
 
-        await world.bus.declare(mirror_topology())  # a consumer of the events appears
+        await world.bus.declare(site_topology("beta"))  # the site's queue appears
+        await world.bus.declare(mirror_topology())
         await world.store.wait_empty()
 
     assert relay.parked == frozenset()
-    assert world.received("flotilla.mqtt-mirror") == [event.id]
-    assert world.received(SITE_QUEUE) == [command.id]
+    assert world.received(site_commands_queue("beta")) == [command.id]
+    assert world.received("flotilla.mqtt-mirror") == [after.id]
     assert world.received(SCHEDULER_REQUESTS) == [other.id]
+
+
+async def test_events_nobody_consumes_are_not_parked(world: World) -> None:
+    """The public event stream may have no consumer: its events are published and gone."""
+    event = status_changed(new_id())
+    await world.commit(event)
+    relay = OutboxRelay(world.store, world.bus, retry_delays=FAST)
+
+    async with running(relay):
+        await world.store.wait_empty()
+
+    assert relay.parked == frozenset()
 
 
 async def test_shutdown_is_idempotent_and_safe_before_run(world: World) -> None:
