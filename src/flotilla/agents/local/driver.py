@@ -7,10 +7,10 @@ so a provision repeated after a redelivery or an agent restart finds the job aga
 or ended) and waits for it or reads its outcome: a job is never started twice.
 
 Jobs get a minimal environment: PATH, HOME and LANG, the site's ``environment``, Flotilla's
-``FLOTILLA_DEPLOYMENT_ID``, ``FLOTILLA_ATTEMPT``, ``FLOTILLA_NODE``, ``FLOTILLA_NODE_INDEX``,
-``FLOTILLA_NODE_COUNT`` and ``FLOTILLA_WORK_DIR``, then the node's own ``environment``. The
-agent's environment (which may hold broker credentials) is never passed on, and a command is
-executed as given, never through a shell.
+``FLOTILLA_SITE``, ``FLOTILLA_DEPLOYMENT_ID``, ``FLOTILLA_ATTEMPT``, ``FLOTILLA_NODE``,
+``FLOTILLA_NODE_INDEX``, ``FLOTILLA_NODE_COUNT`` and ``FLOTILLA_WORK_DIR``, then the node's
+own ``environment``. The agent's environment (which may hold broker credentials) is never
+passed on, and a command is executed as given, never through a shell.
 
 Limits apply to each process of a job (rlimits are per process, inherited by children):
 ``RLIMIT_CPU`` is the wall time times the node's CPUs (at least one), or the site's
@@ -457,6 +457,7 @@ class LocalDriver:
 
 def _flotilla_variables(order: Provision, instance: JobInstance) -> dict[str, str]:
     return {
+        "FLOTILLA_SITE": order.site,
         "FLOTILLA_DEPLOYMENT_ID": order.deployment_id,
         "FLOTILLA_ATTEMPT": str(order.attempt),
         "FLOTILLA_NODE": instance.node,
