@@ -15,11 +15,10 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 
-from flotilla.agents.config import format_validation_error
+from flotilla.agents import batch
 from flotilla.agents.driver import ProvisioningError, attempt_tag
 from flotilla.agents.hpc_slurm.capacity import gpu_model
 from flotilla.agents.hpc_slurm.config import SLURM_NAME, SlurmConfig
@@ -27,77 +26,19 @@ from flotilla.schemas import Gpu, PlannedNode, Provision
 
 SCRIPT_FILE = "job-script"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOME = re.compile(r"^(?:~|\$HOME|\$\{HOME\})(?=/|$)/?")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _END = "FLOTILLA_SCRIPT_END"  # '_' is not in the base64 alphabet: the body cannot end early
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if value is None:
-        return ""
-    return value
-
-
-class BatchJob(BaseModel):
+class BatchJob(batch.BatchJob):
     """The properties of a batch-job node a Slurm site uses; unknown ones are ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    command: list[str] = Field(default_factory=list)
-    arguments: list[str] = Field(default_factory=list)
-    environment: dict[str, str] = Field(default_factory=dict)
-    wall_time_seconds: float | None = Field(default=None, gt=0)
-    script: str | None = None
-    working_directory: str | None = None
-    directory: str | None = Field(default=None, description="INDIGO Qcg.Job's working directory.")
     container_image: str | None = Field(
         default=None, min_length=1, description="Image the job runs in (Apptainer)."
     )
     partition: str | None = Field(default=None, pattern=SLURM_NAME)
     account: str | None = Field(default=None, pattern=SLURM_NAME)
-
-    @field_validator("command", "arguments", mode="before")
-    @classmethod
-    def _words(cls, value: Any) -> Any:
-        return [_text(item) for item in value] if isinstance(value, list) else value
-
-    @field_validator("environment", mode="before")
-    @classmethod
-    def _variables(cls, value: Any) -> Any:
-        return {k: _text(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-    @field_validator("environment")
-    @classmethod
-    def _names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"{name!r} is not a valid environment variable name")
-        return value
-
-    @classmethod
-    def of(cls, node: PlannedNode) -> BatchJob:
-        """The job settings of ``node``.
-
-        Raises:
-            ProvisioningError: a property is malformed, or neither command nor script is given.
-        """
-        try:
-            job = cls.model_validate(node.properties)
-        except ValidationError as exc:
-            where = f"node {node.name}: properties"
-            raise ProvisioningError(
-                format_validation_error(exc, where), code="invalid_job"
-            ) from exc
-        if job.script is None and not job.command:
-            raise ProvisioningError(
-                f"node {node.name}: give a command or a script to run", code="invalid_job"
-            )
-        return job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

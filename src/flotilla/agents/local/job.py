@@ -6,11 +6,8 @@ import math
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from flotilla.agents.config import format_validation_error
+from flotilla.agents import batch
 from flotilla.agents.driver import ProvisioningError
 from flotilla.agents.local.config import LocalConfig
 from flotilla.agents.local.record import (
@@ -37,62 +34,17 @@ _SCRIPT = "job-script"
 _OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-class BatchJob(BaseModel):
+class BatchJob(batch.BatchJob):
     """The properties of a batch-job node the local site uses; others (partition...) are ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    command: list[str] = Field(default_factory=list)
-    arguments: list[str] = Field(default_factory=list)
-    environment: dict[str, str] = Field(default_factory=dict)
-    wall_time_seconds: float | None = Field(default=None, gt=0)
-    script: str | None = None
-    working_directory: str | None = None
-    directory: str | None = Field(default=None, description="INDIGO Qcg.Job's working directory.")
-
-    @field_validator("command", "arguments", mode="before")
-    @classmethod
-    def _words(cls, value: Any) -> Any:
-        return [_text(item) for item in value] if isinstance(value, list) else value
-
-    @field_validator("environment", mode="before")
-    @classmethod
-    def _variables(cls, value: Any) -> Any:
-        return {k: _text(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-    @classmethod
-    def of(cls, node: PlannedNode) -> BatchJob:
-        """The job settings of ``node``.
-
-        Raises:
-            ProvisioningError: a property is malformed, or neither command nor script is given.
-        """
-        try:
-            job = cls.model_validate(node.properties)
-        except ValidationError as exc:
-            where = f"node {node.name}: properties"
-            raise ProvisioningError(
-                format_validation_error(exc, where), code="invalid_job"
-            ) from exc
-        if job.script is None and not job.command:
-            raise ProvisioningError(
-                f"node {node.name}: give a command or a script to run", code="invalid_job"
-            )
-        if job.script is not None and not job.script.startswith("#!"):
+    def check(self, node: PlannedNode) -> None:
+        """The local site runs a script itself: it must say which interpreter runs it."""
+        if self.script is not None and not self.script.startswith("#!"):
             raise ProvisioningError(
                 f"node {node.name}: the script must start with an interpreter line "
                 "such as #!/bin/sh",
                 code="invalid_job",
             )
-        return job
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
