@@ -8,12 +8,8 @@ client would see: statuses, attempts with their causes, outputs, and the event s
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +19,8 @@ from flotilla.agents.config import AgentConfig
 from flotilla.broker import DELIVERY_POLICY, site_topology
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.client import FINAL, Event, FlotillaClient
-from flotilla.settings import SchedulerSettings, Settings
 from flotilla.stack import Stack, embedded_slas, rabbit_buses
+from tests.integration.support import settings_for, start_agent
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -37,11 +33,6 @@ def local_site(name: str, state: Path) -> AgentConfig:
     return AgentConfig.model_validate(
         {"site": name, "kind": "local", "state_dir": str(state / name), "lease_interval": 1}
     )
-
-
-def settings_for(database: str) -> Settings:
-    scheduler = SchedulerSettings(store_url=database, grace=timedelta(seconds=5))  # type: ignore[arg-type]
-    return Settings(scheduler=scheduler)
 
 
 @pytest.fixture
@@ -131,16 +122,6 @@ async def test_a_job_failing_everywhere_lists_every_cause(stack: Stack) -> None:
     for site in SITES:
         assert site in view["status_reason"]
     assert view["status_reason"].count("input file not found") == 2
-
-
-def start_agent(site_file: Path, amqp_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FLOTILLA_BUS__URL": amqp_url, "FLOTILLA_LOG__FORMAT": "json"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flotilla", "agent", "--config", str(site_file)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def until_exists(path: Path, timeout: float = 60.0) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,8 +31,8 @@ from flotilla.scheduler.placement import Candidate
 from flotilla.scheduler.plan import site_plan
 from flotilla.scheduler.tosca import TemplateParser
 from flotilla.schemas import Provision, Release, SitePlan
+from tests.integration.support import testbed_env
 
-TESTBEDS = Path(__file__).parents[3] / "testbeds"
 CORPUS = Path(
     os.environ.get("FLOTILLA_TOSCA_CORPUS", Path(__file__).parents[4] / "shared" / "tosca-corpus")
 )
@@ -51,14 +49,6 @@ GROUP = "physics"
 IMAGES = {
     "ubuntu-16.04": {"image": "cirros-fake", "os_distribution": "ubuntu", "os_version": "16.04"}
 }
-
-
-def testbed_env(name: str) -> dict[str, str]:
-    """Start a testbed (idempotent) and return the exports its ``env`` verb prints."""
-    script = str(TESTBEDS / f"{name}.sh")
-    subprocess.run([script, "up"], check=True, stdout=subprocess.DEVNULL)
-    out = subprocess.run([script, "env"], check=True, capture_output=True, text=True).stdout
-    return dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.strip())
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,8 @@ gateway's HTTP API and every check reads what a client sees, or what the cloud h
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,6 @@ from flotilla.broker import DELIVERY_POLICY, site_topology
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.client import FlotillaClient
 from flotilla.scheduler.placement import Sla
-from flotilla.settings import SchedulerSettings, Settings
 from flotilla.stack import Stack, rabbit_buses
 from tests.integration.openstack.conftest import (
     DEMO_CLOUD,
@@ -44,6 +39,7 @@ from tests.integration.openstack.test_openstack_driver import (
     VM_WITH_VOLUME,
     tiny_vms,
 )
+from tests.integration.support import settings_for, start_agent
 
 pytestmark = [pytest.mark.openstack, pytest.mark.rabbitmq, pytest.mark.timeout(420)]
 
@@ -66,12 +62,6 @@ def site_file(name: str, state: Path, section: dict[str, Any]) -> dict[str, Any]
 def openstack_site(name: str, state: Path, section: dict[str, Any]) -> AgentConfig:
     """The site file, loaded."""
     return AgentConfig.model_validate(site_file(name, state, section))
-
-
-def settings_for(database: str) -> Settings:
-    """Scheduler settings on the test's database."""
-    scheduler = SchedulerSettings(store_url=database, grace=timedelta(seconds=5))  # type: ignore[arg-type]
-    return Settings(scheduler=scheduler)
 
 
 def slas(*sites: tuple[str, float]) -> list[Sla]:
@@ -226,17 +216,6 @@ async def test_a_flavor_that_cannot_fit_is_never_chosen(stack: Stack) -> None:
     for site in (LOW, MAIN):
         assert site in view["status_reason"]
     assert "no flavor" in view["status_reason"]
-
-
-def start_agent(site_file: Path, amqp_url: str) -> subprocess.Popen[bytes]:
-    """``flotilla agent`` in its own process, as a site operator runs it."""
-    env = {**os.environ, "FLOTILLA_BUS__URL": amqp_url, "FLOTILLA_LOG__FORMAT": "json"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flotilla", "agent", "--config", str(site_file)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def test_an_agent_killed_mid_provision_resumes_without_a_second_server(

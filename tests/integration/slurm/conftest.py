@@ -32,8 +32,8 @@ from flotilla.schemas import (
     SitePlan,
     WorkloadKind,
 )
+from tests.integration.support import testbed_env
 
-TESTBEDS = Path(__file__).parents[3] / "testbeds"
 # The testbed's Slurm configuration, for administrative commands run here as root.
 SLURM_CONF = (
     Path(os.environ.get("FLOTILLA_TESTBEDS", "/var/tmp/flotilla-testbeds"))
@@ -41,14 +41,6 @@ SLURM_CONF = (
 )
 ACCOUNT = "flotilla"  # the testbed's Slurm account
 GROUP = "physics"
-
-
-def testbed_env(name: str) -> dict[str, str]:
-    """Start a testbed (idempotent) and return the exports its ``env`` verb prints."""
-    script = str(TESTBEDS / f"{name}.sh")
-    subprocess.run([script, "up"], check=True, stdout=subprocess.DEVNULL)
-    out = subprocess.run([script, "env"], check=True, capture_output=True, text=True).stdout
-    return dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.strip())
 
 
 @pytest.fixture(scope="session")

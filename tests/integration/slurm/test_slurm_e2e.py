@@ -8,13 +8,9 @@ causes, outputs) or what Slurm itself says (squeue, sacct) on the login node.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +24,9 @@ from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.client import FlotillaClient
 from flotilla.scheduler.placement import Sla
 from flotilla.schemas import SiteState
-from flotilla.settings import SchedulerSettings, Settings
 from flotilla.stack import Stack, rabbit_buses
 from tests.integration.slurm.conftest import LoginShell, jump_section, site_section
+from tests.integration.support import settings_for, start_agent
 
 pytestmark = [pytest.mark.slurm, pytest.mark.rabbitmq, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -50,11 +46,6 @@ def slurm_site(env: dict[str, str], state: Path, **slurm: Any) -> dict[str, Any]
         "lease_interval": 1,
         "slurm": site_section(env, **slurm),
     }
-
-
-def settings_for(database: str) -> Settings:
-    scheduler = SchedulerSettings(store_url=database, grace=timedelta(seconds=5))
-    return Settings(scheduler=scheduler)
 
 
 @pytest.fixture
@@ -269,17 +260,6 @@ async def test_capacity_seen_by_the_scheduler_matches_sinfo(
         partition, cpus, memory, gres = row.split("|")
         expected[partition] = (float(cpus), int(memory), int(gres.split("(")[0].split(":")[-1]))
     assert shapes == expected
-
-
-def start_agent(site_file: Path, amqp_url: str) -> subprocess.Popen[bytes]:
-    """``flotilla agent --config site_file`` in its own process."""
-    env = {**os.environ, "FLOTILLA_BUS__URL": amqp_url, "FLOTILLA_LOG__FORMAT": "json"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flotilla", "agent", "--config", str(site_file)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def test_an_agent_killed_mid_job_resumes_the_same_job(
