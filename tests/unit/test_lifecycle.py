@@ -170,6 +170,21 @@ async def test_keep_last_attempt_skips_the_final_release(harness: Harness) -> No
     assert harness.commands(ReleaseDeployment) == []
     (attempt,) = await harness.store.attempts(did)
     assert attempt.kept
+    # The site was told up front, so it leaves a failure in place instead of rolling back.
+    (command,) = harness.commands(ProvisionDeployment)
+    assert command.data.keep_on_failure
+
+
+async def test_only_the_last_possible_attempt_is_kept_on_failure(harness: Harness) -> None:
+    """keep_on_failure goes to the attempt that cannot be followed by another, not before."""
+    did = new_id()
+    await harness.commit(
+        await harness.lifecycle.requested(request(did, max_sites=2, keep_last_attempt=True))
+    )
+    await harness.commit(await harness.lifecycle.failed(failed(did, "alpha", 1, "boom")))
+    first, second = harness.commands(ProvisionDeployment)
+    assert (first.data.keep_on_failure, second.data.keep_on_failure) == (False, True)
+    assert [r.data.site for r in harness.commands(ReleaseDeployment)] == ["alpha"]
 
 
 async def test_site_timeout_fails_over(harness: Harness) -> None:

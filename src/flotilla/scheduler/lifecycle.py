@@ -323,7 +323,11 @@ class Lifecycle:
         self._placer.claims.claim(
             attempt.key, site=best.site, group=record.group, usage=total_usage(requirements)
         )
-        command = self._provision(record, attempt, requirements, best, cause)
+        # Known final now (no other candidate, or the last site allowed): a failure there is
+        # kept for inspection when the request asks, so the site must not roll it back.
+        final = len(ranking.candidates) == 1 or attempt.number >= self._max_sites(record)
+        keep = final and record.request.keep_last_attempt
+        command = self._provision(record, attempt, requirements, best, cause, keep=keep)
         reason = f"attempt {attempt.number} placed on {best.site}"
         placed, event = self._transition(record, S.CREATE_IN_PROGRESS, reason, cause, attempt)
         return self._change(
@@ -375,6 +379,8 @@ class Lifecycle:
         requirements: TemplateRequirements,
         best: Candidate,
         cause: Envelope | None,
+        *,
+        keep: bool = False,
     ) -> ProvisionDeployment:
         data = Provision(
             deployment_id=record.id,
@@ -384,6 +390,7 @@ class Lifecycle:
             plan=site_plan(requirements, best, record.group),
             deadline=attempt.deadline,
             owner=record.owner,
+            keep_on_failure=keep,
         )
         return ProvisionDeployment.create(data, source=self._config.source, cause=cause)
 

@@ -62,6 +62,11 @@ class Provision(WireModel):
     plan: SitePlan
     deadline: AwareDatetime | None = Field(default=None, description="Give up after this time.")
     owner: Name
+    keep_on_failure: bool = Field(
+        default=False,
+        description="The last attempt of a keep-last-attempt request: on failure, leave what "
+        "was created in place for inspection instead of rolling it back.",
+    )
 
 
 class ProvisionDeployment(Envelope):

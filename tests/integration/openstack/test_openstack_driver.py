@@ -314,6 +314,26 @@ async def test_a_floating_ip_over_quota_fails_with_the_quota_cause(
     assert {kind: items for kind, items in left.items() if items} == {}
 
 
+async def test_a_kept_last_attempt_is_left_in_place_until_released(
+    low_driver: OpenStackDriver, low_view: CloudView
+) -> None:
+    """keep_on_failure: the failed attempt's server stays, is reported, and release removes it."""
+    plan = await plan_for(low_driver, tiny_vms(1, public=True))
+    order = order_for(low_driver, plan).model_copy(update={"keep_on_failure": True})
+
+    with pytest.raises(ProvisioningError) as raised:
+        await low_driver.provision(order, progress())
+
+    assert raised.value.code == "quota_exceeded"
+    kept = await low_view.held(order)
+    assert len(kept["servers"]) == 1
+    assert any(ref.kind == "server" for ref in raised.value.resources)
+
+    await low_driver.release(release_of(order))
+    left = await low_view.held(order)
+    assert {kind: items for kind, items in left.items() if items} == {}
+
+
 async def test_a_flavor_no_host_can_hold_fails_with_no_valid_host(
     admin_view: CloudView,
 ) -> None:

@@ -74,7 +74,9 @@ class OpenStackDriver:
         """Create, or find and finish, every resource of the attempt; return its outputs.
 
         On a ``ProvisioningError`` what the attempt holds is deleted first (when the site's
-        ``rollback`` is on) and the error lists whatever could not be deleted.
+        ``rollback`` is on) and the error lists whatever could not be deleted; the last
+        attempt of a keep-last-attempt request (``keep_on_failure``) is left in place and
+        the error lists what it holds.
         """
         names = AttemptNames(deployment_id=order.deployment_id, attempt=order.attempt)
         log = _log.bind(deployment_id=order.deployment_id, attempt=order.attempt, site=order.site)
@@ -94,7 +96,12 @@ class OpenStackDriver:
         except ProvisioningError as exc:
             exc.deployment_id, exc.site = order.deployment_id, order.site
             log.info("provision_failed", code=exc.code, error=exc.message)
-            if self.settings.rollback:
+            if order.keep_on_failure:
+                # The request's last attempt: its resources stay for the user to inspect.
+                progress("KEPT", f"failed ({exc.code}); resources kept for inspection")
+                held = await holdings(self._cloud, names)
+                exc.resources = held.resources()
+            elif self.settings.rollback:
                 progress("ROLLING_BACK", f"deleting what the attempt created: {exc.code}")
                 exc.resources = await self._roll_back(names)
             raise
