@@ -194,6 +194,18 @@ def test_quota_headroom_is_checked(registry: SiteRegistry) -> None:
     assert ranking.rejections[0].reasons == ("quota cores: needs 4, free 2",)
 
 
+def test_a_vm_uses_its_whole_flavor_of_the_quota(registry: SiteRegistry) -> None:
+    """2 CPUs asked on the 8-CPU GPU flavor count 8 cores: a site with 6 free is refused."""
+    report(registry, "alpha", cores=10, used=4, seq=2)
+    node = vm(cpus=2, gpu=Gpu(count=1, model="a100"))
+    ranking = Placer(registry, SLAS).rank(
+        PlacementRequest(requirements=template(node), group="physics")
+    )
+    assert [c.site for c in ranking.candidates] == ["beta"]
+    assert ranking.candidates[0].usage["cores"] == 8
+    assert ranking.rejections[0].reasons == ("quota cores: needs 8, free 6",)
+
+
 def test_claims_spread_a_burst_over_sites(registry: SiteRegistry) -> None:
     """Claims made at decision time stop a burst from overfilling the best site."""
     report(registry, "alpha", cores=8, seq=2)

@@ -45,10 +45,42 @@ def total_usage(requirements: TemplateRequirements) -> Usage:
     return usage
 
 
-def node_usage(node: NodeRequirements) -> Usage:
-    """The quota resources all instances of one node consume."""
+def fitted_usage(
+    requirements: TemplateRequirements, shapes: Mapping[str, str], offered: list[Shape]
+) -> Usage:
+    """The quota a template consumes at one site, with the flavors chosen there.
+
+    A virtual machine takes its whole flavor out of the compute quota, so a node asking for
+    2 CPUs on an 8-CPU flavor uses 8 cores. Batch jobs and containers use what they ask for,
+    whatever size the site's nodes are.
+    """
+    if not any(node.kind is WorkloadKind.VIRTUAL_MACHINE for node in requirements.nodes):
+        return total_usage(requirements)
+    by_name = {shape.name: shape for shape in offered}
     usage: Usage = Counter()
-    resources = node.resources
+    for node in requirements.nodes:
+        shape = by_name.get(shapes.get(node.name, ""))
+        if node.kind is WorkloadKind.VIRTUAL_MACHINE and shape is not None:
+            usage.update(node_usage(node, _flavor_resources(node.resources, shape)))
+        else:
+            usage.update(node_usage(node))
+    return usage
+
+
+def _flavor_resources(asked: Resources, shape: Shape) -> Resources:
+    return Resources(
+        cpus=max(asked.cpus, shape.cpus),
+        memory_mb=max(asked.memory_mb, shape.memory_mb),
+        disk_gb=max(asked.disk_gb, shape.disk_gb),
+        gpu=shape.gpu or asked.gpu,
+        infiniband=asked.infiniband,
+    )
+
+
+def node_usage(node: NodeRequirements, resources: Resources | None = None) -> Usage:
+    """The quota resources all instances of one node consume (as asked, or as given)."""
+    usage: Usage = Counter()
+    resources = resources or node.resources
     if node.kind in SIZED_KINDS:
         usage[INSTANCES] += node.count
         usage[CORES] += int(node.count * resources.cpus + 0.999)

@@ -320,9 +320,7 @@ class Lifecycle:
             deadline=deadline,
             ranking=_ranking_json(ranking),
         )
-        self._placer.claims.claim(
-            attempt.key, site=best.site, group=record.group, usage=total_usage(requirements)
-        )
+        self._placer.claims.claim(attempt.key, site=best.site, group=record.group, usage=best.usage)
         # Known final now (no other candidate, or the last site allowed): a failure there is
         # kept for inspection when the request asks, so the site must not roll it back.
         final = len(ranking.candidates) == 1 or attempt.number >= self._max_sites(record)

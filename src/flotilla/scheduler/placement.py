@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Final
 
 from flotilla.scheduler.claim import ClaimBook
-from flotilla.scheduler.demand import FitCache, TemplateFit, Usage, total_usage
+from flotilla.scheduler.demand import FitCache, TemplateFit, Usage, fitted_usage, total_usage
 from flotilla.scheduler.registry import Freshness, SiteRegistry, SiteView
 from flotilla.scheduler.tosca.requirement import TemplateRequirements
 from flotilla.schemas import Capacity, Scheduling, SiteState
@@ -277,11 +277,16 @@ class Placer:
             view.name, capacity.capabilities, run.template, request.requirements, aliases
         )
         reasons += fit.reasons
-        problems, headroom = _quota(capacity, request.group, run.usage, self.claims, sla)
+        usage = (
+            fitted_usage(request.requirements, fit.shapes, capacity.capabilities.shapes)
+            if not fit.reasons
+            else run.usage
+        )
+        problems, headroom = _quota(capacity, request.group, usage, self.claims, sla)
         reasons += problems
         if reasons or sla is None:
             return _Outcome(reasons=tuple(reasons), candidate=None)
-        candidate = self._score(capacity, run, sla, fit, headroom, stats)
+        candidate = self._score(capacity, run, sla, fit, headroom, stats, usage)
         return _Outcome(reasons=(), candidate=candidate)
 
     def _rejections(
@@ -325,6 +330,7 @@ class Placer:
         fit: TemplateFit,
         headroom: float,
         stats: SiteStats,
+        usage: Usage,
     ) -> Candidate:
         w = self._weights
         datasets = run.request.datasets
@@ -351,7 +357,7 @@ class Placer:
             explanation=explanation,
             shapes=fit.shapes,
             images=fit.images,
-            usage=run.usage,
+            usage=usage,
         )
 
 
