@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -137,6 +138,24 @@ def test_smallest_fitting_flavor_and_matching_image_are_chosen(registry: SiteReg
     assert best.site == "alpha"
     assert best.shapes == {"server": "m1.large"}
     assert best.images == {"server": "ubuntu-22.04"}
+
+
+def test_a_named_instance_type_is_used_where_the_site_has_it(registry: SiteRegistry) -> None:
+    """INDIGO's host.instance_type picks that flavor by name; elsewhere the size decides."""
+    node = replace(vm(cpus=1, memory_mb=1024), properties={"instance_type": "m1.large"})
+    best = (
+        Placer(registry, SLAS)
+        .rank(PlacementRequest(requirements=template(node), group="physics"))
+        .candidates[0]
+    )
+    assert best.shapes == {"server": "m1.large"}
+    other = replace(vm(cpus=1, memory_mb=1024), properties={"instance_type": "x9.huge"})
+    fallback = (
+        Placer(registry, SLAS)
+        .rank(PlacementRequest(requirements=template(other), group="physics"))
+        .candidates[0]
+    )
+    assert fallback.shapes == {"server": "m1.small"}
 
 
 def test_gpu_request_only_fits_the_gpu_flavor(registry: SiteRegistry) -> None:

@@ -151,7 +151,13 @@ def _fit(
 def template_signature(requirements: TemplateRequirements) -> Hashable:
     """What fitting a template depends on, comparable across requests (digests may repeat)."""
     return tuple(
-        (node.name, node.kind, node.resources, node.image if needs_image(node) else None)
+        (
+            node.name,
+            node.kind,
+            node.resources,
+            node.image if needs_image(node) else None,
+            _instance_type(node),
+        )
         for node in requirements.nodes
     )
 
@@ -281,8 +287,19 @@ def image_text(node: NodeRequirements) -> str:
 
 
 def _first_fitting(node: NodeRequirements, by_size: list[Shape]) -> Shape | None:
-    """The first shape (of shapes sorted by size, smallest first) that fits the node."""
+    """The flavor the node names (INDIGO's ``instance_type``) when the site has it, else the
+    first shape (of shapes sorted by size, smallest first) that fits the node."""
+    named = _instance_type(node)
+    if named is not None:
+        chosen = next((s for s in by_size if s.name == named), None)
+        if chosen is not None:
+            return chosen
     return next((s for s in by_size if shape_fits(node.resources, s, node.kind)), None)
+
+
+def _instance_type(node: NodeRequirements) -> str | None:
+    named = node.properties.get("instance_type")
+    return named if isinstance(named, str) else None
 
 
 def _os_matches(wanted: OsImage, image: Image) -> bool:
