@@ -34,6 +34,21 @@ rabbitmqctl -q await_startup --timeout 120 >/dev/null
 # start_app is harmless when the app runs, and heals a node left stopped by an interrupted test.
 rabbitmqctl -q start_app >/dev/null
 rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+# RabbitMQ 3.10 can come back from `stop_app`/`start_app` without the supervisor of quorum
+# queues' dead-letter workers; every queue with at-least-once dead-lettering then fails to
+# start (INTERNAL_ERROR). Restart that one supervisor when it is missing.
+if [ "$(rabbitmqctl -q eval 'whereis(rabbit_fifo_dlx_sup).' 2>/dev/null)" = "undefined" ]; then
+  log "restarting RabbitMQ's quorum-queue dead-letter supervisor"
+  rabbitmqctl -q eval 'supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).' >/dev/null
+fi
+# A test interrupted around a broker restart can leave its quorum queues "down" (their Raft
+# members gone); such a queue refuses to be declared again. Test queues are throwaway.
+rabbitmqctl -q list_queues name state --no-table-headers 2>/dev/null |
+  awk '$2 == "down" && $1 ~ /^flotilla\./ {print $1}' |
+  while read -r queue; do
+    log "deleting queue $queue (down)"
+    rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null
+  done
 wait_port 127.0.0.1 5672 120
 wait_port 127.0.0.1 15672 120
 

@@ -13,6 +13,11 @@ from flotilla.settings import LogSettings
 configure_logging(LogSettings(level="debug", format="console"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that restart a shared service last, so none runs in their wake."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """The real RabbitMQ the integration and contract tests use (guest on loopback)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -94,16 +95,27 @@ async def rabbitmqctl(*args: str) -> None:
     assert process.returncode == 0, f"rabbitmqctl {' '.join(args)}: {stderr.decode()}"
 
 
-async def wait_broker_up(amqp_url: str, limit: float = 90.0) -> None:
-    """Poll until the broker accepts a connection again."""
+async def wait_broker_up(amqp_url: str, limit: float = 120.0) -> None:
+    """Poll until the broker accepts connections and can create quorum queues again.
+
+    Connections come back before the quorum-queue subsystem does; a test that starts in
+    between gets INTERNAL_ERROR, so the restart is only over once a probe queue works.
+    """
+    probe = f"flotilla.restart-probe.{uuid.uuid4().hex[:8]}"
     async with asyncio.timeout(limit):
         while True:
             try:
                 connection = await aio_pika.connect(amqp_url, timeout=2)
-            except (OSError, aio_pika.exceptions.AMQPError):
+                async with connection, connection.channel() as channel:
+                    await channel.declare_queue(
+                        probe, durable=True, arguments={"x-queue-type": "quorum"}
+                    )
+                    await channel.queue_delete(probe, if_unused=False, if_empty=False)
+            except (OSError, aio_pika.exceptions.AMQPError, asyncio.CancelledError):
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
                 await asyncio.sleep(0.5)  # poll interval, bounded by the deadline above
                 continue
-            await connection.close()
             return
 
 
@@ -115,7 +127,27 @@ async def broker_stopped(amqp_url: str) -> AsyncIterator[None]:
         yield
     finally:
         await rabbitmqctl("start_app")
+        await heal_dead_letter_supervisor()
         await wait_broker_up(amqp_url)
+
+
+async def heal_dead_letter_supervisor() -> None:
+    """Restart quorum queues' dead-letter supervisor if ``start_app`` left it down.
+
+    RabbitMQ 3.10 sometimes comes back without it, and every queue with at-least-once
+    dead-lettering then fails to start; later tests must not inherit that broker.
+    """
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "-q",
+        "eval",
+        "whereis(rabbit_fifo_dlx_sup).",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    if out.strip() == b"undefined":
+        await rabbitmqctl("eval", "supervisor:restart_child(rabbit_sup, rabbit_fifo_dlx_sup).")
 
 
 async def publish_until(bus: RabbitBus, route: Route, tally: Tally, stop: asyncio.Event) -> None:
