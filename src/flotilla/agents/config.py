@@ -3,8 +3,8 @@
 ```yaml
 site: hpc-bologna          # the site's name on the bus
 kind: slurm                # selects the driver; its section below has the same name
-broker:
-  url_env: FLOTILLA_SITE_BROKER_URL   # or url_file: /etc/flotilla/broker-url
+broker:                    # optional: FLOTILLA_BUS__URL otherwise
+  url: {file: /etc/flotilla/broker-url}   # or {env: VARIABLE}
 concurrency: 4
 slurm:
   login_host: login.example.org
