@@ -168,3 +168,11 @@ async def test_up_runs_the_example_to_completion(tmp_path: Path) -> None:
     assert "Flotilla is up at http://127.0.0.1:" in run.out
     assert "CREATE_COMPLETE" in run.out
     assert "hello_exit_code = 0" in run.out
+
+
+@pytest.mark.parametrize("site_file", sorted(EXAMPLES.glob("*-site.yaml")), ids=lambda p: p.name)
+async def test_example_site_files_are_valid(site_file: Path) -> None:
+    """The site files the README points operators at pass ``flotilla agent --check``."""
+    run = await flotilla("agent", "--config", str(site_file), "--check")
+    assert run.code == 0, run.err
+    assert "is valid" in run.out
