@@ -8,7 +8,11 @@ client would see: statuses, attempts with their causes, outputs, and the event s
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -186,3 +190,66 @@ topology_template:
     assert runs.read_text().splitlines() == ["started"]
     assert len(view["attempts"]) == 1
     assert view["outputs"]["slow_exit_code"] == 0
+
+
+def broker(*args: str, env: dict[str, str]) -> str:
+    """``flotilla broker ...`` as the broker's administrator runs it; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flotilla", "broker", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
+async def test_an_agent_on_its_own_site_login_runs_a_deployment(
+    vhost_url: str, database: str, tmp_path: Path
+) -> None:
+    """The operator's path: add-site prints a login, the agent runs with it, senders checked.
+
+    The agent's broker user may only consume its own command queue and publish its own
+    reports; the scheduler accepts reports only from that user. A deployment still completes.
+    """
+    site = "ws-own-login"
+    vhost = vhost_url.rsplit("/", 1)[1]
+    env = {
+        **os.environ,
+        "FLOTILLA_BUS__URL": vhost_url,
+        "FLOTILLA_MANAGEMENT__VHOST": urllib.parse.unquote(vhost),
+        "FLOTILLA_LOG__LEVEL": "warning",
+    }
+    broker("init", env=env)
+    added = broker("add-site", site, env=env)
+    login = dict(line.split("=", 1) for line in added.split() if "=" in line)
+    site_url = login["FLOTILLA_BUS__URL"]
+    assert f"flotilla-site-{site}" in site_url
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(
+        yaml.safe_dump(
+            {"site": site, "kind": "local", "state_dir": str(tmp_path / "a"), "lease_interval": 1}
+        )
+    )
+    agent = start_agent(site_file, site_url)
+    settings = settings_for(database)
+    try:
+        async with Stack(
+            settings,
+            buses=rabbit_buses(settings, vhost_url),
+            slas=embedded_slas([site]),
+            verify_senders=True,
+            port=0,
+        ) as stack:
+            await stack.wait_for_sites([site])
+            async with FlotillaClient(stack.url) as client:
+                created = await client.create((EXAMPLES / "hello-batch.yaml").read_text())
+                await collect(client, created["id"])
+                view = await client.get(created["id"])
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        broker("remove-site", site, env=env)
+
+    assert view["status"] == "CREATE_COMPLETE", view
+    assert view["attempts"][0]["site"] == site
