@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from flotilla.bus.idempotency import IdempotencyStore
 from flotilla.bus.port import Context, Handler, Middleware, Next, RawHandler
@@ -23,10 +24,11 @@ _log = structlog.get_logger("flotilla.bus")
 async def bind_log_context(context: Context, call_next: Next) -> None:
     """Bind ``message_id`` and ``queue`` to every log line written while handling."""
     delivery = context.delivery
-    with structlog.contextvars.bound_contextvars(
-        message_id=delivery.message_id, queue=delivery.queue
-    ):
+    tokens = bind_contextvars(message_id=delivery.message_id, queue=delivery.queue)
+    try:
         await call_next(context)
+    finally:
+        reset_contextvars(**tokens)
 
 
 async def decode_message(context: Context, call_next: Next) -> None:
@@ -41,12 +43,17 @@ async def decode_message(context: Context, call_next: Next) -> None:
     # variable set and reset, and this runs for every message on the bus. The queue and
     # type are in the failure logs explicitly.
     # vars(): a missing attribute on a pydantic model is a slow AttributeError path.
-    with structlog.contextvars.bound_contextvars(
+    # Bind and reset by token rather than ``bound_contextvars``, which first copies the
+    # whole context to save what it overwrites; resetting restores the same values.
+    tokens = bind_contextvars(
         message_id=delivery.message_id,
         deployment_id=message.correlationid,
         site=vars(message.data).get("site"),
-    ):
+    )
+    try:
         await call_next(context)
+    finally:
+        reset_contextvars(**tokens)
 
 
 def idempotent(store: IdempotencyStore, key: Callable[[Message], str] | None = None) -> Middleware:

@@ -11,10 +11,11 @@ from flotilla.schemas import PlannedNode, SitePlan
 
 def site_plan(requirements: TemplateRequirements, candidate: Candidate, group: str) -> SitePlan:
     """The plan for one site: every node with the flavor and image chosen for that site."""
-    nodes_json = {node["name"]: node for node in requirements.as_json()["nodes"]}
+    as_json = requirements.as_json()
+    nodes_json = {node["name"]: node for node in as_json["nodes"]}
     return SitePlan(
         nodes=[_planned(node, candidate, nodes_json[node.name]) for node in requirements.nodes],
-        outputs=requirements.as_json()["outputs"],
+        outputs=as_json["outputs"],
         group=group,
     )
 
