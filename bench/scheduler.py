@@ -57,6 +57,7 @@ from flotilla.bus.memory import MemoryBroker, MemoryBus
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.log import configure_logging
 from flotilla.scheduler.lifecycle import Lifecycle
+from flotilla.scheduler.main import tune_collector
 from flotilla.scheduler.model import Change
 from flotilla.scheduler.placement import PlacementRequest, Placer, Ranking, Sla
 from flotilla.scheduler.registry import SiteRegistry
@@ -586,6 +587,7 @@ async def run_scheduler(options: Options) -> RunResult:
             running = tasks.create_task(service.run())
             try:
                 await report_sites(site_bus, workload.sites, registry, options.concurrency)
+                tune_collector()  # as the scheduler process does once it leads
                 cpu = time.process_time()
                 if broker is None:
                     load = await load_in_child(options, names)
