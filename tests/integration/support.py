@@ -39,3 +39,15 @@ def start_agent(site_file: Path, amqp_url: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def broker(*args: str, env: dict[str, str]) -> str:
+    """``flotilla broker ...`` as the broker's administrator runs it; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flotilla", "broker", *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout

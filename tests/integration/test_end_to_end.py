@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from flotilla.broker import DELIVERY_POLICY, site_topology
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.client import FINAL, Event, FlotillaClient
 from flotilla.stack import Stack, embedded_slas, rabbit_buses
-from tests.integration.support import settings_for, start_agent
+from tests.integration.support import broker, settings_for, start_agent
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -190,18 +188,6 @@ topology_template:
     assert runs.read_text().splitlines() == ["started"]
     assert len(view["attempts"]) == 1
     assert view["outputs"]["slow_exit_code"] == 0
-
-
-def broker(*args: str, env: dict[str, str]) -> str:
-    """``flotilla broker ...`` as the broker's administrator runs it; its standard output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "flotilla", "broker", *args],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout
 
 
 async def test_an_agent_on_its_own_site_login_runs_a_deployment(
