@@ -8,16 +8,55 @@ partition, a container image) and to add their own checks in ``check``.
 
 from __future__ import annotations
 
+import graphlib
+import hashlib
 import re
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flotilla.agents.config import format_validation_error
 from flotilla.agents.driver import ProvisioningError
 from flotilla.schemas import PlannedNode
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_name(name: str) -> str:
+    """A node name fit for file and job names, distinct for distinct node names.
+
+    Unsafe characters become ``_``; when any was replaced, a short hash of the real name
+    is appended, so ``a b`` and ``a_b`` never share a directory or a job name.
+    """
+    safe = _UNSAFE.sub("_", name)
+    if safe == name:
+        return safe
+    return f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def in_dependency_order(nodes: list[PlannedNode]) -> list[PlannedNode]:
+    """Nodes so that each comes after the nodes it depends on (template order otherwise).
+
+    Raises:
+        ProvisioningError: the nodes depend on each other in a cycle.
+    """
+    by_name = {node.name: node for node in nodes}
+    graph = {node.name: [d for d in node.depends_on if d in by_name] for node in nodes}
+    try:
+        return [by_name[name] for name in graphlib.TopologicalSorter(graph).static_order()]
+    except graphlib.CycleError as exc:
+        raise ProvisioningError(
+            f"nodes depend on each other in a cycle: {' -> '.join(exc.args[1])}",
+            code="invalid_plan",
+        ) from exc
 
 
 def _text(value: Any) -> Any:
@@ -61,6 +100,15 @@ class BatchJob(BaseModel):
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid environment variable name")
         return value
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Self:
+        # No program argument, environment entry or path can hold a NUL byte.
+        texts = [*self.command, *self.arguments, *self.environment, *self.environment.values()]
+        texts += [t for t in (self.script, self.working_directory, self.directory) if t]
+        if any("\x00" in text for text in texts):
+            raise ValueError("a command, argument, variable or path contains a NUL byte")
+        return self
 
     @classmethod
     def of(cls, node: PlannedNode) -> Self:

@@ -18,6 +18,7 @@ from typing import Self
 import structlog
 from pydantic import JsonValue
 
+from flotilla.agents import batch
 from flotilla.agents.driver import (
     AttemptState,
     ProgressSink,
@@ -365,7 +366,8 @@ def _batch_nodes(order: Provision) -> list[PlannedNode]:
             )
         if node.count > 0:
             nodes.append(node)
-    return nodes
+    # A job can only wait for jobs submitted before it: dependencies go first.
+    return batch.in_dependency_order(nodes)
 
 
 def _report(progress: ProgressSink, job: _Tracked, info: JobInfo) -> None:

@@ -27,7 +27,6 @@ from flotilla.schemas import Gpu, PlannedNode, Provision
 SCRIPT_FILE = "job-script"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]*$")
 _HOME = re.compile(r"^(?:~|\$HOME|\$\{HOME\})(?=/|$)/?")
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _END = "FLOTILLA_SCRIPT_END"  # '_' is not in the base64 alphabet: the body cannot end early
 
 
@@ -58,7 +57,7 @@ class JobScript:
 
 def job_name(tag: str, node: str) -> str:
     """The Slurm job name of one node of an attempt (``<attempt tag>.<node>``)."""
-    return f"{tag}.{_UNSAFE_NAME.sub('_', node)}"
+    return f"{tag}.{batch.safe_name(node)}"
 
 
 def jobs_directory(config: SlurmConfig, home: str) -> str:

@@ -24,9 +24,7 @@ after ``kill_grace_seconds``). Outcomes map to failure codes ``job_failed``,
 from __future__ import annotations
 
 import asyncio
-import graphlib
 import os
-import re
 import subprocess
 import sys
 import time
@@ -40,6 +38,7 @@ import structlog
 from pydantic import JsonValue, ValidationError
 
 import flotilla
+from flotilla.agents.batch import in_dependency_order, safe_name
 from flotilla.agents.config import AgentConfig, format_validation_error
 from flotilla.agents.driver import (
     AttemptState,
@@ -98,7 +97,6 @@ _CLAIM_TIMEOUT = 30.0
 _CLAIM_POLL = 0.05
 # The runner enforces the wall time; the driver steps in only when the runner did not.
 _WALL_TIME_MARGIN = 30.0
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,23 +106,6 @@ class _Step:
     node: PlannedNode
     job: BatchJob
     instances: tuple[JobInstance, ...]
-
-
-def _safe(name: str) -> str:
-    safe = _UNSAFE.sub("_", name)
-    return f"_{safe}" if safe.startswith(".") else safe
-
-
-def _in_dependency_order(nodes: list[PlannedNode]) -> list[PlannedNode]:
-    by_name = {node.name: node for node in nodes}
-    graph = {node.name: [d for d in node.depends_on if d in by_name] for node in nodes}
-    try:
-        return [by_name[name] for name in graphlib.TopologicalSorter(graph).static_order()]
-    except graphlib.CycleError as exc:
-        raise ProvisioningError(
-            f"nodes depend on each other in a cycle: {' -> '.join(exc.args[1])}",
-            code="invalid_plan",
-        ) from exc
 
 
 def _host_environment() -> dict[str, str]:
@@ -199,7 +180,7 @@ class LocalDriver:
             ProvisioningError: a node is not a batch job, does not fit, or its job failed.
         """
         attempt_dir = self._attempt_dir(order.deployment_id, order.attempt)
-        steps = [self._step(node, attempt_dir) for node in _in_dependency_order(order.plan.nodes)]
+        steps = [self._step(node, attempt_dir) for node in in_dependency_order(order.plan.nodes)]
         counts = {step.node.name: len(step.instances) for step in steps}
         await asyncio.to_thread(record_attempt, attempt_dir, counts)
         total, done = sum(counts.values()), 0
@@ -254,7 +235,7 @@ class LocalDriver:
                 node=node.name,
                 index=index,
                 count=node.count,
-                directory=attempt_dir / f"{_safe(node.name)}-{index}",
+                directory=attempt_dir / f"{safe_name(node.name)}-{index}",
             )
             for index in range(node.count)
         )
@@ -439,7 +420,13 @@ class LocalDriver:
         )
 
     def _stop_attempt(self, attempt_dir: Path) -> list[psutil.Process]:
-        records = [r for i in instances_on_disk(attempt_dir) if (r := i.run_record())]
+        # A job that ended (exit.json written) and whose runner is gone has nothing to stop;
+        # its old runner id may belong to someone else by now.
+        records = [
+            r
+            for i in instances_on_disk(attempt_dir)
+            if (r := i.run_record()) and (i.exit_record() is None or process.is_running(r))
+        ]
         for directory, runner in process.find_runners(attempt_dir).items():
             if not (directory / RUN).exists():  # started, not yet recorded
                 records.append(

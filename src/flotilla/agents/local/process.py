@@ -44,10 +44,21 @@ def is_running(record: RunRecord) -> bool:
 def session_processes(records: Iterable[RunRecord]) -> list[psutil.Process]:
     """Live processes of the runners' sessions: runners, jobs and the jobs' children.
 
-    Only processes started after their runner count, so that a session id the kernel reused
-    after every process of a job ended is never taken for the job's.
+    Only processes started after their runner count, and a session whose id now belongs to
+    another live leader is skipped, so that a session id the kernel reused after every
+    process of a job ended is never taken for the job's.
     """
-    started = {record.pid: record.create_time for record in records}
+    started: dict[int, float] = {}
+    for record in records:
+        try:
+            leader = psutil.Process(record.pid)
+            if abs(leader.create_time() - record.create_time) > _START_TIME_TOLERANCE:
+                continue  # the id leads another process's session now: not the job's
+        except psutil.NoSuchProcess:
+            pass  # the runner is gone; the kernel keeps its id while its session lives
+        except psutil.Error:
+            continue
+        started[record.pid] = record.create_time
     found = []
     for member in psutil.process_iter(["create_time", "status"]):
         try:
