@@ -38,7 +38,7 @@ from flotilla.agents.driver import (
 from flotilla.agents.inbox import Command, Inbox
 from flotilla.broker import route, site_commands_queue
 from flotilla.bus import Bus, Delivery, Subscription
-from flotilla.errors import PermanentError, RetryableError
+from flotilla.errors import FlotillaError, PermanentError, RetryableError
 from flotilla.schemas import (
     AttemptRef,
     Capacity,
@@ -210,8 +210,8 @@ class AgentService:
                 report = DeploymentProvisioned.create(done, source=self._source, cause=command)
                 _log.info("provisioned", **_fields(command))
             await progress.close(flush=True)
-            await self._publish(report)
-            await self._inbox.finish(command)
+            if await self._report(report, command):
+                await self._inbox.finish(command)
             self._capacity_changed.set()
 
     async def _release(self, command: ReleaseDeployment) -> None:
@@ -241,9 +241,27 @@ class AgentService:
         else:
             report = DeploymentReleased.create(ref, source=self._source, cause=command)
             _log.info("released", **_fields(command))
-        await self._publish(report)
-        await self._inbox.finish(command)
+        if await self._report(report, command):
+            await self._inbox.finish(command)
         self._capacity_changed.set()
+
+    async def _report(self, report: Envelope, command: Command) -> bool:
+        """Publish an attempt's final report; False when the broker refuses it for good.
+
+        The command then stays unfinished in the inbox: the next start of the agent runs it
+        again (the driver finds what exists) and reports once more.
+        """
+        try:
+            await self._publish(report)
+        except FlotillaError as exc:
+            _log.error(
+                "report_refused",
+                error=exc.message,
+                report=type(report).__name__,
+                **_fields(command),
+            )
+            return False
+        return True
 
     def _failed(
         self,
@@ -411,10 +429,20 @@ class _ProgressStream:
     async def close(self, *, flush: bool) -> None:
         """Stop the stream; with ``flush``, publish the latest progress not yet sent."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            # Progress is best effort: a report it could not send must not stop the
+            # attempt's final report.
+            _log.exception("progress_failed", deployment_id=self._ref.deployment_id)
+            return
         if flush:
-            await self._send()
+            try:
+                await self._send()
+            except Exception:
+                _log.exception("progress_failed", deployment_id=self._ref.deployment_id)
 
 
 _: type[ProgressSink] = _ProgressStream  # the stream is a ProgressSink

@@ -174,6 +174,11 @@ class OidcAuthenticator:
             )
         except jwt.PyJWTError as exc:
             raise InvalidTokenError(f"invalid token: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            # An algorithm of another key type than the key's (RS256 with an EC key).
+            raise InvalidTokenError(
+                f"token algorithm {algorithm!r} does not fit its key {header.get('kid')!r}"
+            ) from exc
         return self._identity(claims)
 
     def _identity(self, claims: dict[str, Any]) -> Identity:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
+import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flotilla.gateway import InvalidTokenError, OidcAuthenticator
 from tests.unit.gateway.conftest import AUDIENCE, TEMPLATE, Issuer, Rig
@@ -168,3 +170,18 @@ async def test_keys_are_fetched_again_for_an_unknown_kid(issuer: Issuer) -> None
     assert identity.subject == "ann"
     assert identity.groups == ("physics",)
     assert not identity.admin
+
+
+async def test_an_algorithm_that_does_not_fit_the_key_is_401(secured: Rig, issuer: Issuer) -> None:
+    """ES256 claimed for the issuer's RSA key: refused as a bad token, not a server error."""
+    now = int(time.time())
+    claims = {"sub": "ann", "iss": issuer.url, "aud": AUDIENCE, "exp": now + 300}
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": issuer.kid})
+
+    response = await secured.client.get(
+        "/v1/deployments", headers={"Authorization": f"Bearer {token}"}
+    )
+
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "invalid_token"
