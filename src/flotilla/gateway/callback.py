@@ -182,9 +182,9 @@ class CallbackSender:
             async with self._slots:
                 record = await self._store.get(entry.deployment_id)
                 url = record.request.callback_url if record is not None else None
-                if record is not None and url is not None:
-                    body = await self._body(record, event)
-                    await self._deliver(url, body, entry)
+                body = await self._body(record, event) if record is not None else None
+            if url is not None and body is not None:
+                await self._deliver(url, body, entry)
         except Exception:
             _log.exception("callback_failed", deployment_id=entry.deployment_id)
         finally:
@@ -208,7 +208,10 @@ class CallbackSender:
         for attempt, delay in enumerate(self._delays()):
             if delay:
                 await asyncio.sleep(delay)
-            problem = await self._post(url, body, headers)
+            # A slot is held per POST, not through the back-off: a receiver that never
+            # answers cannot hold up everyone else's callbacks.
+            async with self._slots:
+                problem = await self._post(url, body, headers)
             if problem is None:
                 self._metrics.callbacks.labels("delivered").inc()
                 _log.info("callback_delivered", deployment_id=entry.deployment_id, to=where)
