@@ -82,6 +82,8 @@ class SlurmDriver:
         self._cluster = SlurmCluster(self._login, user=config.user, history=config.history)
         self._gpu_types: tuple[str, ...] | None = None
         self._limits: tuple[float, dict[str, dict[str, float]]] | None = None
+        # sbatch calls in flight, by attempt tag: a release waits for them before it looks.
+        self._submitting: dict[str, set[asyncio.Future[str]]] = {}
 
     async def __aenter__(self) -> Self:
         self._login.open()
@@ -180,9 +182,7 @@ class SlurmDriver:
                 after=after,
             )
             script = render(node, request)
-            job_id = await self._cluster.submit(
-                script.text, directory=script.directory, node=node.name
-            )
+            job_id = await self._submit(tag, script.text, script.directory, node.name)
             self._log.info("job_submitted", job_id=job_id, **_fields(order, node))
             progress(
                 "SUBMITTED",
@@ -325,7 +325,22 @@ class SlurmDriver:
         except LoginRefusedError as exc:
             raise ProvisioningError(exc.message, code=exc.code) from exc
 
+    async def _submit(self, tag: str, text: str, directory: str, node: str) -> str:
+        """sbatch one job; shielded, so a cancelled provision still learns of what it sent.
+
+        Once the script is on its way sbatch may submit it even if we stop listening; a
+        release of the attempt waits for these calls before it lists the jobs to cancel.
+        """
+        call = asyncio.ensure_future(self._cluster.submit(text, directory=directory, node=node))
+        pending = self._submitting.setdefault(tag, set())
+        pending.add(call)
+        call.add_done_callback(pending.discard)
+        return await asyncio.shield(call)
+
     async def _cancel(self, prefix: str, order: Release) -> None:
+        in_flight = self._submitting.pop(prefix.rstrip("."), set())
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.command_timeout.total_seconds()
         cancelled: set[str] = set()
