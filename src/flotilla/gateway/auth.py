@@ -120,12 +120,19 @@ class OidcAuthenticator:
         """An authenticator for the gateway's configured issuer.
 
         Raises:
-            ConfigurationError: no issuer is configured.
+            ConfigurationError: no issuer or no audience is configured.
         """
         if settings.oidc_issuer is None:
             raise ConfigurationError(
                 "gateway.oidc_issuer is required when gateway.auth is on"
                 " (FLOTILLA_GATEWAY__OIDC_ISSUER)"
+            )
+        if settings.oidc_audience is None:
+            # Without an audience, a token the issuer minted for any other service of the
+            # same identity provider would be accepted here.
+            raise ConfigurationError(
+                "gateway.oidc_audience is required when gateway.auth is on"
+                " (FLOTILLA_GATEWAY__OIDC_AUDIENCE)"
             )
         return cls(
             issuer=settings.oidc_issuer,

@@ -36,3 +36,9 @@ def test_authentication_needs_an_issuer() -> None:
     """With authentication on and no issuer, the authenticator refuses to be built."""
     with pytest.raises(ConfigurationError, match="OIDC_ISSUER"):
         OidcAuthenticator.from_settings(GatewaySettings())
+
+
+def test_authentication_needs_an_audience() -> None:
+    """An issuer alone is not enough: tokens for other services of it would be accepted."""
+    with pytest.raises(ConfigurationError, match="OIDC_AUDIENCE"):
+        OidcAuthenticator.from_settings(GatewaySettings(oidc_issuer="https://iam.example.org/"))
