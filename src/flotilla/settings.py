@@ -115,6 +115,11 @@ class GatewaySettings(BaseModel):
     callback_timeout: timedelta = Field(
         default=timedelta(seconds=10), gt=timedelta(0), description="Bound of one callback POST."
     )
+    callback_private_networks: bool = Field(
+        default=False,
+        description="Allow callbacks to loopback, private, link-local and reserved addresses;"
+        " off, a callback URL cannot make the gateway reach internal services.",
+    )
     create_wait: timedelta = Field(
         default=timedelta(seconds=2),
         ge=timedelta(0),

@@ -60,7 +60,11 @@ def up(
     state_dir.mkdir(parents=True, exist_ok=True)
     url = store or f"sqlite+aiosqlite:///{state_dir / 'flotilla.db'}"
     settings = settings.model_copy(
-        update={"scheduler": settings.scheduler.model_copy(update={"store_url": SecretStr(url)})}
+        update={
+            "scheduler": settings.scheduler.model_copy(update={"store_url": SecretStr(url)}),
+            # A workstation: callbacks to a receiver on this machine are the common case.
+            "gateway": settings.gateway.model_copy(update={"callback_private_networks": True}),
+        }
     )
     inputs = parse_inputs(input_)
     text = deploy.read_text(encoding="utf-8") if deploy is not None else None

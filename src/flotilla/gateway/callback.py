@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -205,6 +206,11 @@ class CallbackSender:
         if secret is not None:
             headers[SIGNATURE_HEADER] = signature(secret.get_secret_value().encode(), body)
         where = _origin(url)
+        refusal = await self._refusal(url)
+        if refusal is not None:
+            self._metrics.callbacks.labels("refused").inc()
+            _log.warning("callback_refused", deployment_id=entry.deployment_id, reason=refusal)
+            return
         for attempt, delay in enumerate(self._delays()):
             if delay:
                 await asyncio.sleep(delay)
@@ -238,6 +244,29 @@ class CallbackSender:
         if response.is_success:
             return None
         return f"HTTP {response.status_code}"
+
+    async def _refusal(self, url: str) -> str | None:
+        """Why a callback URL may not be called, or None.
+
+        Unless private networks are allowed, every address the host resolves to must be a
+        public one, so a callback cannot be aimed at the broker, the database or a cloud's
+        metadata service. (The check is made when sending; a name that resolves elsewhere
+        a moment later is not caught.)
+        """
+        if self._settings.callback_private_networks:
+            return None
+        host = urlsplit(url).hostname
+        if host is None:
+            return "the callback URL has no host"
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError:
+            return None  # the POST reports the name that does not resolve, and is retried
+        for *_, address in found:
+            ip = ipaddress.ip_address(address[0])
+            if not ip.is_global:
+                return f"{host} is {ip}, not a public address"
+        return None
 
     def _delays(self) -> Iterable[float]:
         """No wait before the first try, then the backoff, doubling each retry (capped)."""

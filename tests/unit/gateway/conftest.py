@@ -84,6 +84,7 @@ def fast_settings(**overrides: Any) -> GatewaySettings:
         "callback_backoff": timedelta(milliseconds=10),
         "callback_retries": 3,
         "callback_secret": "callback-secret",
+        "callback_private_networks": True,  # receivers listen on loopback here
         **overrides,
     }
     return GatewaySettings.model_validate(values)

@@ -172,3 +172,25 @@ async def test_a_restarted_sender_sends_what_it_missed(receiver: Receiver) -> No
 
     assert json.loads(body)["id"] == missed.id
     assert json.loads(body)["status"] == "CREATE_COMPLETE"
+
+
+async def test_callbacks_to_internal_addresses_are_refused_by_default(receiver: Receiver) -> None:
+    """Without private networks allowed, a loopback callback URL is never called."""
+    receiver.failures = 0
+    store = MemoryStore()
+    metrics = GatewayMetrics()
+    sender = CallbackSender(
+        store=store, settings=fast_settings(callback_private_networks=False), metrics=metrics
+    )
+    await sender.prepare()
+    refused = record_with_callback(receiver.url)
+    await store.commit(Change(deployment=refused, journal=(completed(refused),)))
+    task = asyncio.create_task(sender.run())
+    try:
+        await eventually(lambda: store._cursors["gateway.callbacks"] >= 1)
+    finally:
+        await sender.shutdown()
+        await task
+
+    assert receiver.calls == []
+    assert metrics.callbacks.labels("refused")._value.get() == 1
