@@ -1,16 +1,19 @@
 """The bus contract harness: one open bus per adapter on a fresh, uuid-named topology.
 
 Every contract test takes ``harness`` and runs once on ``MemoryBus`` and once on
-``RabbitBus``, so both adapters are held to the same observable behaviour.
+``RabbitBus``, so both adapters are held to the same observable behaviour. The store contract tests take
+``store``: an empty MemoryStore, SQLite and PostgreSQL store in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -30,7 +33,10 @@ from flotilla.bus import (
 )
 from flotilla.bus.memory import MemoryBroker
 from flotilla.bus.rabbitmq import RabbitBus
+from flotilla.scheduler.sql import SqlStore, upgrade_to_head
+from flotilla.scheduler.store import MemoryStore, Store
 from flotilla.schemas import DeleteRequest, DeploymentDeleteRequested, Message, new_id
+from tests.contract.stores import _admin, _in_thread, _truncate, pg_url
 
 USER = "guest"
 WAIT = 10.0
@@ -214,3 +220,30 @@ async def _delete_topology(connection: Any, topology: Topology) -> None:
         with contextlib.suppress(aio_pika.exceptions.AMQPError):
             await channel.exchange_delete(exchange.name)
     await channel.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this module, migrated to head; dropped afterwards."""
+    name = f"flotilla_store_{uuid.uuid4().hex[:10]}"
+    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        _in_thread(upgrade_to_head(pg_url(name)))
+        yield name
+    finally:
+        _in_thread(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store of each kind."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
+    else:
+        url = pg_url(request.getfixturevalue("pg_database"))
+        await _truncate(url)
+    async with SqlStore(url) as sql_store:
+        yield sql_store

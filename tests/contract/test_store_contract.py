@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from flotilla.errors import PermanentError, RetryableError
@@ -33,7 +30,7 @@ from flotilla.scheduler.sql import (
     upgrade_to_head,
 )
 from flotilla.scheduler.sql.table import metadata
-from flotilla.scheduler.store import MemoryStore, StaleWriteError, Store
+from flotilla.scheduler.store import StaleWriteError, Store
 from flotilla.schemas import (
     DeleteRequest,
     DeploymentDeleteRequested,
@@ -46,10 +43,10 @@ from flotilla.schemas import (
     encode,
     new_id,
 )
+from tests.contract.stores import _admin, pg_url
 
 pytestmark = pytest.mark.timeout(60)
 
-PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 TABLES = {
     "deployments",
     "attempts",
@@ -61,63 +58,6 @@ TABLES = {
 }
 T = TypeVar("T")
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def pg_url(database: str) -> str:
-    """The URL of one database on the test PostgreSQL."""
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
-
-
-async def _admin(statement: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-def _in_thread(work: Coroutine[Any, Any, T]) -> T:
-    # Module fixtures are synchronous (so memory and SQLite runs need no PostgreSQL), yet
-    # are requested from a running loop: their async work runs on a loop of its own.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, work).result()
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, migrated to head; dropped afterwards."""
-    name = f"flotilla_store_{uuid.uuid4().hex[:10]}"
-    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        _in_thread(upgrade_to_head(pg_url(name)))
-        yield name
-    finally:
-        _in_thread(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-async def _truncate(url: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("TRUNCATE attempts, deployments, outbox, handled_keys"))
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An empty store of each kind."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
-    else:
-        url = pg_url(request.getfixturevalue("pg_database"))
-        await _truncate(url)
-    async with SqlStore(url) as sql_store:
-        yield sql_store
 
 
 def make_request(**overrides: object) -> DeploymentRequest:

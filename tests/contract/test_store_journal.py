@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -14,9 +13,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from flotilla.scheduler.model import Change, DeploymentRecord
-from flotilla.scheduler.sql import SqlStore, upgrade_to_head
+from flotilla.scheduler.sql import SqlStore
 from flotilla.scheduler.sql.migration import alembic_config
-from flotilla.scheduler.store import MemoryStore, StaleWriteError, Store
+from flotilla.scheduler.store import StaleWriteError, Store
 from flotilla.schemas import (
     DeploymentStatus,
     DeploymentStatusChanged,
@@ -26,44 +25,10 @@ from flotilla.schemas import (
     StatusChange,
     new_id,
 )
-from tests.contract.test_store_contract import (
-    T0,
-    _admin,
-    _in_thread,
-    _truncate,
-    make_record,
-    make_request,
-    pg_url,
-)
+from tests.contract.stores import _admin, pg_url
+from tests.contract.test_store_contract import T0, make_record, make_request
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def journal_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, migrated to head; dropped afterwards."""
-    name = f"flotilla_journal_{uuid.uuid4().hex[:10]}"
-    _in_thread(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        _in_thread(upgrade_to_head(pg_url(name)))
-        yield name
-    finally:
-        _in_thread(_admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An empty store of each kind (the PostgreSQL journal keeps earlier tests' rows)."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
-    else:
-        url = pg_url(request.getfixturevalue("journal_database"))
-        await _truncate(url)
-    async with SqlStore(url) as sql_store:
-        yield sql_store
 
 
 def status_event(record: DeploymentRecord, status: DeploymentStatus) -> DeploymentStatusChanged:
