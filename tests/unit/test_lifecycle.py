@@ -68,9 +68,10 @@ class Harness:
         for i, site in enumerate(sites):
             report(self.registry, site, cores=100 - i)  # alpha ranks first, then beta
         self.store = MemoryStore()
+        self.placer = Placer(self.registry, SLAS)
         self.lifecycle = Lifecycle(
             store=self.store,
-            placer=Placer(self.registry, SLAS),
+            placer=self.placer,
             templates=Templates(template(vm())),
             config=LifecycleConfig(site_timeout=timedelta(minutes=5)),
             clock=clock,
@@ -314,4 +315,6 @@ async def test_reclaim_holds_capacity_again_after_a_restart(harness: Harness) ->
     )
     assert restarted.claims.held("alpha")["cores"] == 0
     await lifecycle.reclaim(record, attempt)
-    assert restarted.claims.held("alpha")["cores"] == 2
+    # The same as was claimed when placed: the 2-CPU VM's whole 4-CPU flavor.
+    claimed_when_placed = harness.placer.claims.held("alpha")["cores"]
+    assert restarted.claims.held("alpha")["cores"] == claimed_when_placed == 4

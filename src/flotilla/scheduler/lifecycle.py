@@ -7,6 +7,7 @@ transition is a plain async function that unit tests drive directly.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -121,12 +122,15 @@ class Lifecycle:
 
     async def reclaim(self, record: DeploymentRecord, attempt: AttemptRecord) -> None:
         """Hold capacity again for an attempt still in flight (claims live in memory)."""
-        requirements = await self._templates.requirements(
-            record.request.template, record.request.inputs
-        )
-        self._placer.claims.claim(
-            attempt.key, site=attempt.site, group=record.group, usage=total_usage(requirements)
-        )
+        claimed = attempt.ranking.get("claimed")
+        if isinstance(claimed, dict):
+            usage = Counter(claimed)
+        else:  # an attempt recorded before the claim was kept with it
+            requirements = await self._templates.requirements(
+                record.request.template, record.request.inputs
+            )
+            usage = total_usage(requirements)
+        self._placer.claims.claim(attempt.key, site=attempt.site, group=record.group, usage=usage)
 
     async def provisioned(self, message: DeploymentProvisioned) -> Change | None:
         """A site delivered: the deployment is complete with its outputs."""
@@ -318,7 +322,8 @@ class Lifecycle:
             sla_id=best.sla_id,
             started_at=now,
             deadline=deadline,
-            ranking=_ranking_json(ranking),
+            # What is claimed is kept with the attempt, so a restart claims the same again.
+            ranking={**_ranking_json(ranking), "claimed": dict(best.usage)},
         )
         self._placer.claims.claim(attempt.key, site=best.site, group=record.group, usage=best.usage)
         # Known final now (no other candidate, or the last site allowed): a failure there is
