@@ -1,8 +1,8 @@
 """The bus contract harness: one open bus per adapter on a fresh, uuid-named topology.
 
 Every contract test takes ``harness`` and runs once on ``MemoryBus`` and once on
-``RabbitBus``, so both adapters are held to the same observable behaviour. The store contract tests take
-``store``: an empty MemoryStore, SQLite and PostgreSQL store in turn.
+``RabbitBus``, so both adapters are held to the same observable behaviour. The store
+contract tests take ``store``: an empty MemoryStore, SQLite and PostgreSQL store in turn.
 """
 
 from __future__ import annotations
