@@ -42,15 +42,17 @@ async def test_steps_journal_status_changes_and_site_reports_not_commands() -> N
     entries = await harness.store.journal(did)
 
     assert types(entries) == [
-        DeploymentStatusChanged,  # requested
-        DeploymentStatusChanged,  # attempt 1 placed
+        DeploymentStatusChanged,  # requested, attempt 1 placed
         ProvisioningFailed,
         DeploymentStatusChanged,  # attempt 2 placed
         DeploymentProvisioned,
         DeploymentStatusChanged,  # complete
     ]
-    assert entries[2].message == failure
-    assert entries[4].message == success
+    assert entries[1].message == failure
+    assert entries[3].message == success
+    opening = entries[0].message
+    assert isinstance(opening, DeploymentStatusChanged)
+    assert (opening.data.previous, opening.data.site, opening.data.attempt) == (None, "alpha", 1)
     assert harness.commands(ProvisionDeployment)
     assert harness.commands(ReleaseDeployment)
     assert not any(isinstance(e.message, ProvisionDeployment | ReleaseDeployment) for e in entries)

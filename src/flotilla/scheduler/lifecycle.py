@@ -111,14 +111,13 @@ class Lifecycle:
             updated_at=now,
             deadline=now + request.timeout if request.timeout else None,
         )
-        created = self._event(record, previous=None, reason="deployment requested", cause=message)
         try:
             requirements = await self._templates.requirements(request.template, request.inputs)
         except TemplateError as exc:
-            return self._finish(
-                record, S.CREATE_FAILED, f"Invalid template: {exc}", message, events=(created,)
-            )
-        return self._next_attempt(record, [], requirements, message, events=(created,))
+            opened = self._opened(record, message)
+            reason = f"Invalid template: {exc}"
+            return self._finish(record, S.CREATE_FAILED, reason, message, events=(opened,))
+        return self._first_attempt(record, requirements, message)
 
     async def reclaim(self, record: DeploymentRecord, attempt: AttemptRecord) -> None:
         """Hold capacity again for an attempt still in flight (claims live in memory)."""
@@ -280,24 +279,27 @@ class Lifecycle:
             record, history, requirements, ranking, cause, carried=(failed,), extra=(release,)
         )
 
-    def _next_attempt(
+    def _first_attempt(
         self,
         record: DeploymentRecord,
-        history: list[AttemptRecord],
         requirements: TemplateRequirements,
         cause: Envelope,
-        *,
-        events: tuple[Envelope, ...],
     ) -> Change:
-        ranking = self._rank(record, requirements, history)
+        """Place a new deployment, opening its story with one event or two.
+
+        A deployment placed at once opens with one event that says both (requested, and
+        where attempt 1 went), instead of two CREATE_IN_PROGRESS events back to back.
+        """
+        ranking = self._rank(record, requirements, [])
         if not ranking.candidates:
             if ranking.waiting or self._clock() < self._grace_until:
                 # Right after a (re)start the registry is still filling up from heartbeats:
                 # the bus retries this request later instead of failing it for lack of sites.
                 raise RetryableError("sites have not reported since the scheduler started")
             reason = f"No site meets the deployment requirements: {ranking.summary()}"
-            return self._finish(record, S.CREATE_FAILED, reason, cause, events=events)
-        return self._attempt(record, history, requirements, ranking, cause, extra=events)
+            opened = self._opened(record, cause)
+            return self._finish(record, S.CREATE_FAILED, reason, cause, events=(opened,))
+        return self._attempt(record, [], requirements, ranking, cause, opening=True)
 
     def _attempt(
         self,
@@ -309,8 +311,12 @@ class Lifecycle:
         *,
         carried: tuple[AttemptRecord, ...] = (),
         extra: tuple[Envelope, ...] = (),
+        opening: bool = False,
     ) -> Change:
-        """Start the next attempt at the best candidate: claim, record, command."""
+        """Start the next attempt at the best candidate: claim, record, command.
+
+        ``opening``: this is the deployment's first event (``previous`` is empty).
+        """
         best = ranking.candidates[0]
         now = self._clock()
         timeout = record.request.site_timeout or self._config.site_timeout
@@ -332,7 +338,11 @@ class Lifecycle:
         keep = final and record.request.keep_last_attempt
         command = self._provision(record, attempt, requirements, best, cause, keep=keep)
         reason = f"attempt {attempt.number} placed on {best.site}"
-        placed, event = self._transition(record, S.CREATE_IN_PROGRESS, reason, cause, attempt)
+        if opening:
+            reason = f"deployment requested; {reason}"
+        placed, event = self._transition(
+            record, S.CREATE_IN_PROGRESS, reason, cause, attempt, opening=opening
+        )
         return self._change(
             placed, cause, attempts=(*carried, attempt), outbox=(*extra, event, command)
         )
@@ -452,17 +462,22 @@ class Lifecycle:
         attempt: AttemptRecord | None = None,
         *,
         site: str | None = None,
+        opening: bool = False,
     ) -> tuple[DeploymentRecord, DeploymentStatusChanged]:
         updated = replace(record, status=status, status_reason=reason, updated_at=self._clock())
         event = self._event(
             updated,
-            previous=record.status,
+            previous=None if opening else record.status,
             reason=reason,
             cause=cause,
             site=attempt.site if attempt else site,
             attempt=attempt.number if attempt else None,
         )
         return updated, event
+
+    def _opened(self, record: DeploymentRecord, cause: Envelope) -> DeploymentStatusChanged:
+        """The first event of a deployment that is not placed in the same step."""
+        return self._event(record, previous=None, reason="deployment requested", cause=cause)
 
     def _event(
         self,
