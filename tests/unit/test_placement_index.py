@@ -1,21 +1,34 @@
-"""Placement with many sites: capped rejections, cached fits and memoised outcomes stay correct."""
+"""Placement with many sites: capped rejections, cached fits and kept standings stay correct."""
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from datetime import timedelta
+
+import pytest
 
 from flotilla.scheduler.claim import ClaimBook
 from flotilla.scheduler.demand import total_usage
-from flotilla.scheduler.placement import REJECTIONS_LISTED, PlacementRequest, Placer, Sla
+from flotilla.scheduler.placement import (
+    REJECTIONS_LISTED,
+    PlacementRequest,
+    Placer,
+    SiteStats,
+    Sla,
+)
 from flotilla.scheduler.registry import SiteRegistry
 from flotilla.schemas import (
     Capabilities,
     Capacity,
     Gpu,
+    Lease,
     QuotaUsage,
     Scheduling,
     SchedulingMode,
+    Shape,
     SiteKind,
+    SiteState,
     WorkloadKind,
 )
 from tests.unit.test_placement import SHAPES, Clock, report, template, vm
@@ -174,3 +187,80 @@ def test_registry_names_are_sorted_and_follow_new_sites() -> None:
         )
     )
     assert registry.names() == ("site-000", "site-0005", "site-001")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kept_standings_rank_as_a_fresh_placer_does(seed: int) -> None:
+    """After any mix of reports, leases, claims, statistics and time, a placer that kept its
+    standings from earlier rankings ranks exactly as a new placer on the same state."""
+    rng = random.Random(seed)
+    clock = Clock()
+    registry = SiteRegistry(grace=timedelta(0), clock=clock)
+    sites = [f"site-{i:02d}" for i in range(30)]
+    groups = ("g", "h", "k")
+    slas = [
+        Sla(id=f"{g}-{s}", group=g, site=s, preference=rng.choice((0.5, 1.0, 2.0)))
+        for s in sites[:-3]  # the last sites have no SLA at all
+        for g in groups
+        if rng.random() < 0.6
+    ]
+    requests = [
+        PlacementRequest(requirements=template(vm(cpus=cpus)), group=group)
+        for cpus in (1, 4, 16)
+        for group in groups
+    ]
+    placer = Placer(registry, slas)
+    stats: dict[str, SiteStats] = {}
+    claims = 0
+    sequences = dict.fromkeys(sites, 0)
+    for step in range(400):
+        site = rng.choice(sites)
+        action = rng.randrange(7)
+        if action == 0:  # a capacity report, sometimes with other shapes
+            sequences[site] += 1
+            shapes = SHAPES if rng.random() < 0.7 else SHAPES[:1]
+            registry.apply_capacity(capacity(site, sequences[site], rng.randint(0, 40), shapes))
+        elif action == 1:  # a lease: ready or draining, short or long
+            sequences[site] += 1
+            state = SiteState.READY if rng.random() < 0.8 else SiteState.DRAINING
+            registry.apply_lease(lease(site, sequences[site], state, rng.randint(1, 20)))
+        elif action == 2:
+            claims += 1
+            usage = total_usage(template(vm(cpus=rng.randint(1, 12))))
+            placer.claims.claim(f"d{claims}/1", site=site, group=rng.choice(groups), usage=usage)
+        elif action == 3 and claims:
+            placer.claims.release(f"d{rng.randint(1, claims)}/1")
+        elif action == 4:
+            attempts = rng.randint(0, 10)
+            stats[site] = SiteStats(attempts=attempts, successes=rng.randint(0, attempts))
+            placer.record_stats(site, stats[site])
+        elif action == 5:
+            clock.now += timedelta(seconds=rng.uniform(0, 4))
+        request = replace(
+            rng.choice(requests), exclude=frozenset(rng.sample(sites, rng.choice((0, 0, 2))))
+        )
+        fresh = Placer(registry, slas, claims=placer.claims)
+        for name, recorded in stats.items():
+            fresh.record_stats(name, recorded)
+        assert placer.rank(request) == fresh.rank(request), f"step {step}"
+
+
+def capacity(site: str, sequence: int, used: int, shapes: list[Shape]) -> Capacity:
+    return Capacity(
+        site=site,
+        kind=SiteKind.OPENSTACK,
+        sequence=sequence,
+        capabilities=Capabilities(workload_kinds=[WorkloadKind.VIRTUAL_MACHINE], shapes=shapes),
+        quotas=[QuotaUsage(resource="cores", limit=40, used=used)],
+    )
+
+
+def lease(site: str, sequence: int, state: SiteState, ttl: int) -> Lease:
+    return Lease(
+        site=site,
+        kind=SiteKind.OPENSTACK,
+        state=state,
+        ttl=timedelta(seconds=ttl),
+        sequence=sequence,
+        agent_instance="a",
+    )

@@ -42,7 +42,9 @@ def test_message_round_trips(cls: type[Envelope], data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=type_name)
 @_SLOW
-@given(data=st.data(), extra=st.text(min_size=1, max_size=12).filter(lambda k: k.isidentifier()))
+# Field names drawn from a pattern, not filtered from any text: filtering most draws away
+# failed Hypothesis's health check on some seeds.
+@given(data=st.data(), extra=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,11}", fullmatch=True))
 def test_unknown_fields_are_rejected(cls: type[Envelope], data: st.DataObject, extra: str) -> None:
     """An unknown field at the envelope or payload level is refused, naming that field."""
     doc = data.draw(_documents(cls))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 
+from flotilla.scheduler.changes import ChangeLog
 from flotilla.scheduler.demand import Usage
 from flotilla.schemas import Capacity, QuotaUsage
 
@@ -39,6 +40,7 @@ class ClaimBook:
         self._totals: dict[str, dict[str | None, Usage]] = {}
         self._revisions: dict[str, int] = {}
         self._revision = 0
+        self.changes = ChangeLog()  # names each site whose claims changed
 
     def claim(self, key: str, *, site: str, group: str, usage: Usage) -> None:
         """Hold ``usage`` at ``site`` for the attempt ``key`` (repeating a claim replaces it)."""
@@ -127,6 +129,7 @@ class ClaimBook:
         self._totals.pop(site, None)
         self._revision += 1
         self._revisions[site] = self._revision
+        self.changes.add(site)
 
 
 def _applicable_quotas(capacity: Capacity, group: str) -> dict[str, QuotaUsage]:

@@ -5,21 +5,31 @@ Every site ends up either a ``Candidate`` with a score and the terms that made i
 deployment went where it went, or why it went nowhere.
 
 With many sites, most of them have no SLA for the requesting group. Only the group's SLA
-sites are filtered and scored for every request (found through an index of SLAs by group),
-and a site's template fit is cached until its capabilities change (``FitCache``). Every
-candidate is listed; rejections are listed up to ``REJECTIONS_LISTED`` sites, preferring
-the sites that hold an SLA for the group (the ones a user asks about), and a last entry
-counts the rest, so a ranking over a thousand sites stays small enough to store with each
-attempt and to read.
+sites are filtered and scored (found through an index of SLAs by group), and a site's
+template fit is cached until its capabilities change (``FitCache``). Every candidate is
+listed; rejections are listed up to ``REJECTIONS_LISTED`` sites, preferring the sites that
+hold an SLA for the group (the ones a user asks about), and a last entry counts the rest,
+so a ranking over a thousand sites stays small enough to store with each attempt and to read.
+
+Requests of one kind (template, group, pins, region, datasets) come again and again, and
+between two of them only a few sites change. Each kind keeps a standing of its SLA sites
+(``_Board``): the candidates sorted best first and the rejected sites sorted by name. A
+ranking first reads the change logs of the registry, the claim book and the site statistics
+and judges again only the sites named there; then it drops the sites that are not live or
+are excluded. A ranking costs a walk down one sorted list instead of judging every site.
 """
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Final
 
+from flotilla.scheduler.changes import ChangeLog
 from flotilla.scheduler.claim import ClaimBook
 from flotilla.scheduler.demand import FitCache, TemplateFit, Usage, fitted_usage, total_usage
 from flotilla.scheduler.registry import Freshness, SiteRegistry, SiteView
@@ -152,17 +162,60 @@ class _SiteMemo:
         return self.capacity is capacity and self.claims == claims and self.stats is stats
 
 
+_Entry = tuple[float, str, Candidate]  # (-score, site, candidate): best first when sorted
+
+
+def _entry_order(entry: _Entry) -> tuple[float, str]:
+    return entry[0], entry[1]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Board:
+    """One kind of request's standing at its SLA sites, liveness and exclusion aside.
+
+    ``ranked`` holds the sites whose outcome is a candidate, best first; ``rejected`` the
+    names of the others, sorted. ``positions`` are how far the registry's, the claim book's
+    and the statistics' change logs have been read.
+    """
+
+    slas: Mapping[str, Sla]
+    outcomes: dict[str, _Outcome] = field(default_factory=dict)
+    ranked: list[_Entry] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    positions: tuple[int, ...] = ()
+
+    def put(self, site: str, outcome: _Outcome | None) -> None:
+        """Replace the site's outcome (None: forget the site), keeping both lists sorted."""
+        old = self.outcomes.pop(site, None)
+        if old is not None:
+            if old.candidate is not None:
+                del self.ranked[
+                    bisect_left(self.ranked, (-old.candidate.score, site), key=_entry_order)
+                ]
+            else:
+                del self.rejected[bisect_left(self.rejected, site)]
+        if outcome is None:
+            return
+        self.outcomes[site] = outcome
+        candidate = outcome.candidate
+        if candidate is not None:
+            insort(self.ranked, (-candidate.score, site, candidate), key=_entry_order)
+        else:
+            insort(self.rejected, site)
+
+
 _NO_STATS = SiteStats()
 _MAX_KEYS = 512  # distinct kinds of request remembered before the memos start afresh
 _MAX_OUTCOMES = 64  # per site
+_MAX_BOARDS = 128  # kinds of request with a standing kept; past that the oldest goes
 
 
 class Placer:
     """Filters and ranks the registry's sites for a request, holding claims for decisions.
 
     A site's outcome for a kind of request (template, group, pin, region, datasets) is
-    memoised until the site sends a new capacity report, its claims or its stats change;
-    only liveness and the request's exclusions are judged afresh for every request.
+    kept until the site sends a new capacity report, its claims or its stats change; only
+    liveness and the request's exclusions are judged afresh for every request.
     """
 
     def __init__(
@@ -184,31 +237,38 @@ class Placer:
         self._fits = FitCache()
         self._keys: dict[tuple[object, ...], int] = {}
         self._pins: dict[tuple[str, str | None, str | None], dict[str, Sla]] = {}
-        self._memos: dict[str, _SiteMemo] = {}
+        self._memos: dict[str, _SiteMemo] = {}  # outcomes at sites without an SLA
+        self._stat_changes = ChangeLog()
+        self._boards: dict[int, _Board] = {}
 
     def record_stats(self, site: str, stats: SiteStats) -> None:
         """Set a site's recent attempt history, used in ranking."""
         self._stats[site] = stats
+        self._stat_changes.add(site)
 
     def rank(self, request: PlacementRequest) -> Ranking:
         """Every known site, as a candidate (best first) or a rejection with reasons."""
         run = self._pass(request)
-        candidates: list[Candidate] = []
+        board = self._board(run)
+        down = self.registry.not_live(run.now)
+        exclude = request.exclude
+        if down or exclude:
+            candidates = [c for _, s, c in board.ranked if s not in down and s not in exclude]
+        else:
+            candidates = [c for _, _, c in board.ranked]
+        # Rejected: the sites rejected on their outcome, and candidates not live or excluded.
+        blocked = sorted(
+            site
+            for site in down | exclude
+            if (outcome := board.outcomes.get(site)) is not None and outcome.candidate is not None
+        )
         rejected: list[Rejection] = []  # the first REJECTIONS_LISTED, by name
-        more = 0
-        for site, sla in run.slas.items():
+        for site in islice(heapq.merge(board.rejected, blocked), REJECTIONS_LISTED):
             view = self.registry.get(site)
-            if view is None:
-                continue  # an SLA for a site that never reported is not a known site
-            outcome = self._outcome(view, run, sla)
-            blocked = _live_reasons(self.registry, view, run)
-            if outcome.candidate is not None and not blocked:
-                candidates.append(outcome.candidate)
-            elif len(rejected) < REJECTIONS_LISTED:
-                rejected.append(Rejection(site=site, reasons=(*blocked, *outcome.reasons)))
-            else:
-                more += 1
-        candidates.sort(key=lambda c: (-c.score, c.site))
+            assert view is not None  # a site with an outcome has a view
+            reasons = (*_live_reasons(self.registry, view, run), *board.outcomes[site].reasons)
+            rejected.append(Rejection(site=site, reasons=reasons))
+        more = len(board.rejected) + len(blocked) - len(rejected)
         rejections, unlisted = self._rejections(run, rejected, more, len(candidates))
         return Ranking(
             candidates=tuple(candidates),
@@ -226,6 +286,7 @@ class Placer:
             if len(self._keys) >= _MAX_KEYS:  # keys restart from 0: forget what they named
                 self._keys.clear()
                 self._memos.clear()
+                self._boards.clear()
             key = self._keys[kind] = len(self._keys)
         return _Pass(
             request=request,
@@ -235,6 +296,28 @@ class Placer:
             slas=self._slas_for(request),
             now=self.registry.now(),
         )
+
+    def _board(self, run: _Pass) -> _Board:
+        """The standing for the request's kind, brought up to date with the change logs."""
+        logs = (self.registry.changes, self.claims.changes, self._stat_changes)
+        board = self._boards.get(run.key)
+        changed = None if board is None else _changed_since(logs, board.positions)
+        if board is None or changed is None:  # new, or fell behind what the logs keep
+            board = _Board(slas=run.slas)
+            changed = set(run.slas)
+            if len(self._boards) >= _MAX_BOARDS:
+                del self._boards[next(iter(self._boards))]
+            self._boards[run.key] = board
+        board.positions = tuple(log.end for log in logs)
+        for site in changed:
+            sla = board.slas.get(site)
+            if sla is None:
+                continue  # no SLA here: not a site of this standing
+            view = self.registry.get(site)
+            # An SLA for a site that never reported is not a known site.
+            stats = self._stats.get(site, _NO_STATS)
+            board.put(site, None if view is None else self._judge(view, run, sla, stats))
+        return board
 
     def _slas_for(self, request: PlacementRequest) -> Mapping[str, Sla]:
         """The SLA each site offers the request's group, honouring a pinned site or SLA."""
@@ -359,6 +442,17 @@ class Placer:
             images=fit.images,
             usage=usage,
         )
+
+
+def _changed_since(logs: Sequence[ChangeLog], positions: Sequence[int]) -> set[str] | None:
+    """The sites named in the logs since ``positions``; None when one no longer has them."""
+    changed: set[str] = set()
+    for log, position in zip(logs, positions, strict=True):
+        names = log.since(position)
+        if names is None:
+            return None
+        changed.update(names)
+    return changed
 
 
 def _index(slas: Sequence[Sla]) -> dict[str, dict[str, list[Sla]]]:

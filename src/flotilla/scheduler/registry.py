@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import heapq
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from flotilla.scheduler.changes import ChangeLog
 from flotilla.schemas import Capacity, Lease, SiteKind, SiteState, utc_now
 
 
@@ -37,6 +39,10 @@ class SiteRegistry:
     Lease expiry is measured from when the scheduler received the lease (its own clock), so
     a site's clock skew cannot keep it alive. After a restart every site known from storage
     gets ``grace`` to report before it is judged stale.
+
+    ``changes`` names each site when it first appears and whenever its capacity report is
+    replaced; ``not_live()`` is the set of sites that cannot be chosen right now. Together
+    they let placement keep its standings up to date without visiting every site.
     """
 
     def __init__(
@@ -46,6 +52,10 @@ class SiteRegistry:
         self._names: tuple[str, ...] | None = ()  # sorted; None once a new site appears
         self._clock = clock
         self._grace_until = clock() + grace
+        self.changes = ChangeLog()
+        self._down: set[str] = set()  # not ready, or no lease unexpired when last looked
+        self._expiries: list[tuple[datetime, str]] = []  # heap: lease expiry of ready sites
+        self._looked = datetime.min.replace(tzinfo=self._grace_until.tzinfo)
 
     def __iter__(self) -> Iterator[SiteView]:
         return iter(list(self._sites.values()))
@@ -108,6 +118,28 @@ class SiteRegistry:
             return Freshness.PENDING
         return Freshness.STALE
 
+    def not_live(self, now: datetime) -> Set[str]:
+        """The sites that cannot be chosen at ``now``: not ready, or no lease valid then.
+
+        The set is the registry's own (read it, do not keep it): it is updated in place.
+        """
+        if now < self._looked:  # the clock went back: judge every site again
+            self._down = {name for name, view in self._sites.items() if not _live(view, now)}
+            self._expiries = [
+                (view.lease_expires, name)
+                for name, view in self._sites.items()
+                if view.lease_expires is not None and name not in self._down
+            ]
+            heapq.heapify(self._expiries)
+        self._looked = now
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires, name = heapq.heappop(expiries)
+            view = self._sites.get(name)
+            if view is not None and view.lease_expires == expires:  # not renewed since
+                self._down.add(name)
+        return self._down
+
     def any_pending(self, *, now: datetime | None = None) -> bool:
         """Whether some site is still pending: not heard from, and within the restart grace."""
         now = self._clock() if now is None else now
@@ -116,6 +148,23 @@ class SiteRegistry:
         return any(view.lease_expires is None for view in self._sites.values())
 
     def _put(self, view: SiteView) -> None:
-        if view.name not in self._sites:
-            self._names = None
+        before = self._sites.get(view.name)
         self._sites[view.name] = view
+        if before is None:
+            self._names = None
+        if before is None or before.capacity is not view.capacity:
+            self.changes.add(view.name)
+        if before is None or (before.state, before.lease_expires) != (
+            view.state,
+            view.lease_expires,
+        ):
+            if view.state is SiteState.READY and view.lease_expires is not None:
+                self._down.discard(view.name)
+                heapq.heappush(self._expiries, (view.lease_expires, view.name))
+            else:
+                self._down.add(view.name)
+
+
+def _live(view: SiteView, now: datetime) -> bool:
+    expires = view.lease_expires
+    return view.state is SiteState.READY and expires is not None and expires > now
