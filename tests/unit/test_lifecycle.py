@@ -10,6 +10,7 @@ import pytest
 
 from flotilla.errors import RetryableError
 from flotilla.scheduler.lifecycle import (
+    CANDIDATES_LISTED,
     Lifecycle,
     LifecycleConfig,
     OperationInProgressError,
@@ -61,14 +62,18 @@ class Harness:
     """Drives a lifecycle over a memory store, committing every change like the service."""
 
     def __init__(
-        self, clock: Clock, *, sites: tuple[str, ...] = ("alpha", "beta", "gamma")
+        self,
+        clock: Clock,
+        *,
+        sites: tuple[str, ...] = ("alpha", "beta", "gamma"),
+        slas: list[Sla] = SLAS,
     ) -> None:
         self.clock = clock
         self.registry = SiteRegistry(grace=timedelta(0), clock=clock)
         for i, site in enumerate(sites):
             report(self.registry, site, cores=100 - i)  # alpha ranks first, then beta
         self.store = MemoryStore()
-        self.placer = Placer(self.registry, SLAS)
+        self.placer = Placer(self.registry, slas)
         self.lifecycle = Lifecycle(
             store=self.store,
             placer=self.placer,
@@ -119,6 +124,25 @@ async def test_request_is_placed_on_the_best_site(harness: Harness) -> None:
     record = await harness.store.get(did)
     assert record is not None
     assert record.status is S.CREATE_IN_PROGRESS
+
+
+async def test_attempt_keeps_the_best_candidates_and_counts_the_rest() -> None:
+    """The ranking kept with an attempt lists the best candidates with their explanations,
+    counts the candidates past the cap, and lists rejected sites with reasons."""
+    sites = tuple(f"site-{i:02d}" for i in range(CANDIDATES_LISTED + 5))
+    slas = [Sla(id=f"sla-{s}", group="physics", site=s) for s in sites]
+    harness = Harness(Clock(), sites=(*sites, "outsider"), slas=slas)
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    (attempt,) = await harness.store.attempts(did)
+    ranking = attempt.ranking
+    listed = ranking["candidates"]
+    assert [c["site"] for c in listed] == list(sites[:CANDIDATES_LISTED])  # best first
+    assert listed[0]["site"] == attempt.site
+    assert any(line.startswith("quota headroom") for line in listed[0]["explanation"])
+    assert ranking["more_candidates"] == 5
+    assert ranking["rejected"] == [{"site": "outsider", "reasons": ["no SLA for group 'physics'"]}]
+    assert ranking["claimed"]["cores"] == 4  # the whole m1.large flavor
 
 
 async def test_provisioned_completes_with_outputs(harness: Harness) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
@@ -170,6 +171,26 @@ def test_claim_book_totals_follow_claims_and_reports() -> None:
     book.site_reported("alpha", Clock().now + timedelta(seconds=1))
     assert book.held("alpha") == {}
     assert book.held("beta", "g") == {}
+
+
+def test_claim_book_totals_kept_between_reads_match_the_claims() -> None:
+    """Totals that grow with each claim, read at random moments, equal the sum of the claims."""
+    rng = random.Random(3)
+    book = ClaimBook()
+    held: dict[str, tuple[str, str, int]] = {}  # key -> site, group, cores
+    for n in range(300):
+        key = f"d{rng.randint(0, 40)}/1"
+        site, group, cores = rng.choice("ab"), rng.choice("gh"), rng.randint(1, 9)
+        if rng.random() < 0.7:
+            book.claim(key, site=site, group=group, usage=Counter(cores=cores))
+            held[key] = (site, group, cores)
+        else:
+            book.release(key)
+            held.pop(key, None)
+        for site in "ab":
+            for group in (None, "g", "h"):
+                want = sum(c for s, g, c in held.values() if s == site and group in (None, g))
+                assert book.totals(site, group).get("cores", 0) == want, f"step {n}"
 
 
 def test_registry_names_are_sorted_and_follow_new_sites() -> None:

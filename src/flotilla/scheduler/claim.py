@@ -41,6 +41,7 @@ class ClaimBook:
         self._revisions: dict[str, int] = {}
         self._revision = 0
         self.changes = ChangeLog()  # names each site whose claims changed
+        self._applicable: dict[str, tuple[Capacity, dict[str, dict[str, QuotaUsage]]]] = {}
 
     def claim(self, key: str, *, site: str, group: str, usage: Usage) -> None:
         """Hold ``usage`` at ``site`` for the attempt ``key`` (repeating a claim replaces it)."""
@@ -48,7 +49,14 @@ class ClaimBook:
         claim = _Claim(site=site, group=group, usage=Counter(usage))
         self._claims[key] = claim
         self._by_site.setdefault(site, {})[key] = claim
+        # Totals already worked out grow by the claim; a release works them out afresh.
+        totals = self._totals.get(site, {})
         self._changed(site)
+        for total_group, total in totals.items():
+            if total_group is None or total_group == group:
+                total.update(claim.usage)
+        if totals:
+            self._totals[site] = totals
 
     def release(self, key: str) -> None:
         """Drop a claim: the attempt failed, was released, or never started."""
@@ -91,7 +99,7 @@ class ClaimBook:
         problems = []
         headroom = 1.0
         claimed = self._total(capacity.site, None)
-        for resource, quota in _applicable_quotas(capacity, group).items():
+        for resource, quota in self._quotas(capacity, group).items():
             if quota.limit is None:
                 continue
             free = quota.limit - quota.used - claimed.get(resource, 0)
@@ -101,6 +109,16 @@ class ClaimBook:
             if quota.limit:
                 headroom = min(headroom, max(free - need, 0.0) / quota.limit)
         return problems, headroom
+
+    def _quotas(self, capacity: Capacity, group: str) -> dict[str, QuotaUsage]:
+        """``_applicable_quotas``, kept while the site's report is the same."""
+        kept = self._applicable.get(capacity.site)
+        if kept is None or kept[0] is not capacity:
+            kept = self._applicable[capacity.site] = (capacity, {})
+        quotas = kept[1].get(group)
+        if quotas is None:
+            quotas = kept[1][group] = _applicable_quotas(capacity, group)
+        return quotas
 
     def revision(self, site: str) -> int:
         """A number that changes whenever the claims held at ``site`` change."""

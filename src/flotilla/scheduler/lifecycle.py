@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from flotilla.errors import PermanentError, RetryableError
 from flotilla.scheduler.demand import total_usage
@@ -47,6 +47,8 @@ from flotilla.schemas import (
 )
 
 S = DeploymentStatus
+CANDIDATES_LISTED: Final = 20
+"""Candidates listed one by one in the ranking kept with an attempt; the rest are counted."""
 _SITE_REPORTS = (DeploymentProvisioned, ProvisioningFailed, DeploymentReleased, ReleaseFailed)
 
 
@@ -553,10 +555,16 @@ def _scheduling(requested: Scheduling, requirements: TemplateRequirements) -> Sc
 
 
 def _ranking_json(ranking: Ranking) -> dict[str, Any]:
+    """The ranking kept with an attempt: the best candidates, and the listed rejections.
+
+    Candidates past ``CANDIDATES_LISTED`` are counted, not listed: with hundreds of sites
+    every attempt would otherwise store hundreds of scores nobody reads.
+    """
+    listed = ranking.candidates[:CANDIDATES_LISTED]
     return {
         "candidates": [
-            {"site": c.site, "score": c.score, "explanation": list(c.explanation)}
-            for c in ranking.candidates
+            {"site": c.site, "score": c.score, "explanation": list(c.explanation)} for c in listed
         ],
+        "more_candidates": len(ranking.candidates) - len(listed),
         "rejected": [{"site": r.site, "reasons": list(r.reasons)} for r in ranking.rejections],
     }

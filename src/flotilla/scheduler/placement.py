@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -148,6 +148,16 @@ class _Outcome:
     candidate: Candidate | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Fitted:
+    """A site's verdict for one kind of request from its capacity report alone."""
+
+    capacity: Capacity | None  # the report it was made from
+    reasons: tuple[str, ...]  # SLA, report, region and fit: quotas are judged apart
+    fit: TemplateFit | None
+    usage: Usage  # what the request would take from the site's quotas
+
+
 @dataclass(slots=True, kw_only=True)
 class _SiteMemo:
     """Outcomes at one site by request key, valid while its report, claims and stats hold."""
@@ -183,6 +193,8 @@ class _Board:
     ranked: list[_Entry] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     positions: tuple[int, ...] = ()
+    fits: dict[str, _Fitted] = field(default_factory=dict)
+    rejections: dict[str, Rejection] = field(default_factory=dict)  # of ``rejected``, when live
 
     def put(self, site: str, outcome: _Outcome | None) -> None:
         """Replace the site's outcome (None: forget the site), keeping both lists sorted."""
@@ -194,6 +206,7 @@ class _Board:
                 ]
             else:
                 del self.rejected[bisect_left(self.rejected, site)]
+                del self.rejections[site]
         if outcome is None:
             return
         self.outcomes[site] = outcome
@@ -202,6 +215,7 @@ class _Board:
             insort(self.ranked, (-candidate.score, site, candidate), key=_entry_order)
         else:
             insort(self.rejected, site)
+            self.rejections[site] = Rejection(site=site, reasons=outcome.reasons)
 
 
 _NO_STATS = SiteStats()
@@ -256,7 +270,23 @@ class Placer:
             candidates = [c for _, s, c in board.ranked if s not in down and s not in exclude]
         else:
             candidates = [c for _, _, c in board.ranked]
-        # Rejected: the sites rejected on their outcome, and candidates not live or excluded.
+        rejected, more = self._listing(run, board, down)
+        rejections, unlisted = self._rejections(run, list(rejected), more, len(candidates))
+        return Ranking(
+            candidates=tuple(candidates),
+            rejections=rejections,
+            waiting=self.registry.any_pending(now=run.now),
+            unlisted=unlisted,
+        )
+
+    def _listing(self, run: _Pass, board: _Board, down: Set[str]) -> tuple[list[Rejection], int]:
+        """The board's rejected sites to list, by name, and how many more there are.
+
+        Rejected are the sites rejected on their outcome, and the candidates that are not
+        live or are excluded. A live site that is not excluded is listed with the rejection
+        the board made when it judged the site; the others gain their liveness reasons.
+        """
+        exclude = run.request.exclude
         blocked = sorted(
             site
             for site in down | exclude
@@ -264,18 +294,15 @@ class Placer:
         )
         rejected: list[Rejection] = []  # the first REJECTIONS_LISTED, by name
         for site in islice(heapq.merge(board.rejected, blocked), REJECTIONS_LISTED):
+            if site not in down and site not in exclude:
+                rejected.append(board.rejections[site])
+                continue
             view = self.registry.get(site)
             assert view is not None  # a site with an outcome has a view
             reasons = (*_live_reasons(self.registry, view, run), *board.outcomes[site].reasons)
             rejected.append(Rejection(site=site, reasons=reasons))
         more = len(board.rejected) + len(blocked) - len(rejected)
-        rejections, unlisted = self._rejections(run, rejected, more, len(candidates))
-        return Ranking(
-            candidates=tuple(candidates),
-            rejections=rejections,
-            waiting=self.registry.any_pending(now=run.now),
-            unlisted=unlisted,
-        )
+        return rejected, more
 
     def _pass(self, request: PlacementRequest) -> _Pass:
         pin = request.scheduling
@@ -316,7 +343,8 @@ class Placer:
             view = self.registry.get(site)
             # An SLA for a site that never reported is not a known site.
             stats = self._stats.get(site, _NO_STATS)
-            board.put(site, None if view is None else self._judge(view, run, sla, stats))
+            outcome = None if view is None else self._judge(view, run, sla, stats, board.fits)
+            board.put(site, outcome)
         return board
 
     def _slas_for(self, request: PlacementRequest) -> Mapping[str, Sla]:
@@ -344,15 +372,45 @@ class Placer:
             outcome = memo.outcomes[run.key] = self._judge(view, run, sla, stats)
         return outcome
 
-    def _judge(self, view: SiteView, run: _Pass, sla: Sla | None, stats: SiteStats) -> _Outcome:
-        """Everything but liveness and exclusion: SLA, region, fit, quotas; and the score."""
+    def _judge(
+        self,
+        view: SiteView,
+        run: _Pass,
+        sla: Sla | None,
+        stats: SiteStats,
+        fits: dict[str, _Fitted] | None = None,
+    ) -> _Outcome:
+        """Everything but liveness and exclusion: SLA, region, fit, quotas; and the score.
+
+        ``fits``: the fits of the same kind of request, by site, to reuse while the site's
+        capacity report is the same (claims and statistics change far more often).
+        """
+        fitted = None if fits is None else fits.get(view.name)
+        if fitted is None or fitted.capacity is not view.capacity:
+            fitted = self._fit(view, run, sla)
+            if fits is not None:
+                fits[view.name] = fitted
+        capacity = fitted.capacity
+        if capacity is None:
+            return _Outcome(reasons=fitted.reasons, candidate=None)
+        usage = fitted.usage
+        problems, headroom = _quota(capacity, run.request.group, usage, self.claims, sla)
+        if fitted.reasons or problems or sla is None:
+            return _Outcome(reasons=(*fitted.reasons, *problems), candidate=None)
+        assert fitted.fit is not None  # there is a fit wherever there is a report
+        candidate = self._score(capacity, run, sla, fitted.fit, headroom, stats, usage)
+        return _Outcome(reasons=(), candidate=candidate)
+
+    def _fit(self, view: SiteView, run: _Pass, sla: Sla | None) -> _Fitted:
+        """What depends on the site's capacity report alone: SLA, region, fit and usage."""
         request = run.request
         reasons: list[str] = []
         if sla is None:
             reasons.append(f"no SLA for group {request.group!r}{_pin_note(request.scheduling)}")
         capacity = view.capacity
         if capacity is None:
-            return _Outcome(reasons=(*reasons, "no capacity report yet"), candidate=None)
+            reasons.append("no capacity report yet")
+            return _Fitted(capacity=None, reasons=tuple(reasons), fit=None, usage=run.usage)
         if not _region_ok(request.scheduling, capacity):
             reasons.append(f"not in region {request.scheduling.region!r}")
         aliases = self._aliases.get(view.name, {})
@@ -365,12 +423,7 @@ class Placer:
             if not fit.reasons
             else run.usage
         )
-        problems, headroom = _quota(capacity, request.group, usage, self.claims, sla)
-        reasons += problems
-        if reasons or sla is None:
-            return _Outcome(reasons=tuple(reasons), candidate=None)
-        candidate = self._score(capacity, run, sla, fit, headroom, stats, usage)
-        return _Outcome(reasons=(), candidate=candidate)
+        return _Fitted(capacity=capacity, reasons=tuple(reasons), fit=fit, usage=usage)
 
     def _rejections(
         self, run: _Pass, rejected: list[Rejection], more: int, placed: int

@@ -54,7 +54,7 @@ class SiteRegistry:
         self._grace_until = clock() + grace
         self.changes = ChangeLog()
         self._down: set[str] = set()  # not ready, or no lease unexpired when last looked
-        self._expiries: list[tuple[datetime, str]] = []  # heap: lease expiry of ready sites
+        self._expiries: list[tuple[datetime, str]] = []  # heap: when each lease expires
         self._looked = datetime.min.replace(tzinfo=self._grace_until.tzinfo)
 
     def __iter__(self) -> Iterator[SiteView]:
@@ -128,7 +128,7 @@ class SiteRegistry:
             self._expiries = [
                 (view.lease_expires, name)
                 for name, view in self._sites.items()
-                if view.lease_expires is not None and name not in self._down
+                if view.lease_expires is not None and view.lease_expires > now
             ]
             heapq.heapify(self._expiries)
         self._looked = now
@@ -158,9 +158,10 @@ class SiteRegistry:
             view.state,
             view.lease_expires,
         ):
+            if view.lease_expires is not None:
+                heapq.heappush(self._expiries, (view.lease_expires, view.name))
             if view.state is SiteState.READY and view.lease_expires is not None:
                 self._down.discard(view.name)
-                heapq.heappush(self._expiries, (view.lease_expires, view.name))
             else:
                 self._down.add(view.name)
 
