@@ -221,7 +221,7 @@ class _Board:
 _NO_STATS = SiteStats()
 _MAX_KEYS = 512  # distinct kinds of request remembered before the memos start afresh
 _MAX_OUTCOMES = 64  # per site
-_MAX_BOARDS = 128  # kinds of request with a standing kept; past that the oldest goes
+_MAX_BOARDS = 256  # kinds of request with a standing kept; past that the least recently used goes
 
 
 class Placer:
@@ -327,14 +327,14 @@ class Placer:
     def _board(self, run: _Pass) -> _Board:
         """The standing for the request's kind, brought up to date with the change logs."""
         logs = (self.registry.changes, self.claims.changes, self._stat_changes)
-        board = self._boards.get(run.key)
+        board = self._boards.pop(run.key, None)  # put back last: the most recently used
         changed = None if board is None else _changed_since(logs, board.positions)
         if board is None or changed is None:  # new, or fell behind what the logs keep
             board = _Board(slas=run.slas)
             changed = set(run.slas)
             if len(self._boards) >= _MAX_BOARDS:
                 del self._boards[next(iter(self._boards))]
-            self._boards[run.key] = board
+        self._boards[run.key] = board
         board.positions = tuple(log.end for log in logs)
         for site in changed:
             sla = board.slas.get(site)
