@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aio_pika
+import psutil
 from aio_pika.abc import AbstractIncomingMessage
 
 from broker_cleanup import delete_topology
@@ -525,6 +526,7 @@ class RunResult:
     load: LoadResult
     timings: Timings
     cpu: float  # the scheduler process's CPU seconds while the load ran
+    broker_cpu: float | None  # the broker's CPU seconds while the load ran, if it is local
     slas: int
 
 
@@ -588,7 +590,7 @@ async def run_scheduler(options: Options) -> RunResult:
             try:
                 await report_sites(site_bus, workload.sites, registry, options.concurrency)
                 tune_collector()  # as the scheduler process does once it leads
-                cpu = time.process_time()
+                cpu, beam = time.process_time(), broker_cpu()
                 if broker is None:
                     load = await load_in_child(options, names)
                 else:
@@ -598,10 +600,23 @@ async def run_scheduler(options: Options) -> RunResult:
                             options, names, portal=portal, sites=site_bus, sinks=sinks
                         )
                 cpu = time.process_time() - cpu
+                after = broker_cpu()
+                beam = after - beam if after is not None and beam is not None else None
             finally:
                 await service.shutdown()
             await running
-    return RunResult(load=load, timings=timings, cpu=cpu, slas=len(workload.slas))
+    return RunResult(load=load, timings=timings, cpu=cpu, broker_cpu=beam, slas=len(workload.slas))
+
+
+def broker_cpu() -> float | None:
+    """CPU seconds used so far by a RabbitMQ on this machine (its Erlang VM), if there is one."""
+    total = None
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "beam.smp":
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total = (total or 0.0) + times.user + times.system
+    return total
 
 
 def _bus(
@@ -854,6 +869,8 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
             f"{_ms(load.cpu / placed)}" if options.bus == "rabbitmq" else "(in the above)",
         ),
     ]
+    if options.bus == "rabbitmq" and result.broker_cpu is not None:
+        rows.append(("broker (beam.smp) CPU per placement", f"{_ms(result.broker_cpu / placed)}"))
     if raw is not None:
         pipelined, sequential = raw
         rows += [

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from flotilla.scheduler.changes import ChangeLog
 from flotilla.scheduler.claim import ClaimBook
 from flotilla.scheduler.demand import total_usage
 from flotilla.scheduler.placement import (
@@ -285,3 +286,35 @@ def lease(site: str, sequence: int, state: SiteState, ttl: int) -> Lease:
         sequence=sequence,
         agent_instance="a",
     )
+
+
+def test_change_log_forgets_the_oldest_names_past_its_size() -> None:
+    """A reader behind what the log keeps is told so, not handed a partial list."""
+    log = ChangeLog(keep=2)
+    for name in "abcde":
+        log.add(name)
+    assert log.end == 5
+    assert log.since(4) == ["e"]
+    assert log.since(0) is None
+
+
+def test_a_standing_behind_the_change_logs_is_built_again() -> None:
+    """When the claim book's log has dropped changes a standing never read, the standing is
+    judged afresh and sees them."""
+    clock = Clock()
+    registry = SiteRegistry(grace=timedelta(0), clock=clock)
+    report(registry, "alpha", cores=10)
+    report(registry, "beta", cores=10)
+    placer = Placer(registry, [Sla(id=s, group="g", site=s) for s in ("alpha", "beta")])
+    placer.claims.changes = ChangeLog(keep=1)
+    request = PlacementRequest(requirements=template(vm(cpus=4)), group="g")
+    assert [c.site for c in placer.rank(request).candidates] == ["alpha", "beta"]
+    usage = placer.rank(request).candidates[0].usage
+    for n in range(2):
+        placer.claims.claim(f"a{n}/1", site="alpha", group="g", usage=usage)
+    for n in range(3):  # claims elsewhere push alpha's changes out of the log
+        placer.claims.claim(f"o{n}/1", site="other", group="g", usage=usage)
+    assert placer.claims.changes.since(0) is None
+    ranking = placer.rank(request)
+    assert [c.site for c in ranking.candidates] == ["beta"]
+    assert ranking.rejections[0].reasons == ("quota cores: needs 4, free 2",)
