@@ -26,7 +26,7 @@ from flotilla.agents.openstack.inventory import Holdings, holdings
 from flotilla.agents.openstack.naming import AttemptNames
 from flotilla.agents.openstack.provisioner import Provisioner
 from flotilla.agents.openstack.teardown import Teardown
-from flotilla.errors import ConfigurationError, FlotillaError
+from flotilla.errors import ConfigurationError, FlotillaError, RetryableError
 from flotilla.schemas import AttemptRef, Provision, Release, ResourceRef, SiteKind
 
 _log = structlog.get_logger("flotilla.agents.openstack")
@@ -130,17 +130,32 @@ class OpenStackDriver:
             self._snapshot = None
 
     async def _roll_back(self, names: AttemptNames) -> tuple[ResourceRef, ...]:
-        """Delete the attempt's resources; what is left when that fails."""
+        """Delete the attempt's resources; what is left when that fails.
+
+        A cloud that could not be reached (a reset connection, a 503) is tried again a few
+        times, so a passing hiccup does not leave the attempt's resources behind until its
+        release comes.
+        """
         log = _log.bind(deployment_id=names.deployment_id, attempt=names.attempt)
-        try:
-            await Teardown(cloud=self._cloud, settings=self.settings, names=names).run()
-        except FlotillaError as exc:
-            log.warning("rollback_failed", error=exc.message)
-            if isinstance(exc, ProvisioningError):
-                return exc.resources
-            return ()
-        log.info("rolled_back")
+        for delay in (*_ROLLBACK_RETRIES, None):
+            try:
+                await Teardown(cloud=self._cloud, settings=self.settings, names=names).run()
+            except RetryableError as exc:
+                if delay is None:
+                    log.warning("rollback_failed", error=exc.message)
+                    return ()
+                log.info("rollback_retrying", error=exc.message, delay=delay)
+                await asyncio.sleep(delay)
+            except FlotillaError as exc:
+                log.warning("rollback_failed", error=exc.message)
+                return exc.resources if isinstance(exc, ProvisioningError) else ()
+            else:
+                log.info("rolled_back")
+                return ()
         return ()
+
+
+_ROLLBACK_RETRIES = (0.5, 1.0, 2.0)  # seconds before each further try of a rollback
 
 
 def _state(held: Holdings) -> AttemptState:
