@@ -85,6 +85,11 @@ async def test_deploy_wait_status_list_events_delete(gateway: str) -> None:
     view = json.loads(status.out)
     assert view["status"] == "CREATE_COMPLETE"
     assert view["outputs"]["hello_exit_code"] == 0
+    why = await flotilla("status", deployment_id, "--why", *url)
+    chosen = view["attempts"][0]["site"]
+    assert f"attempt 1 at {chosen}: succeeded" in why.out
+    assert f"    {chosen}: " in why.out
+    assert "SLA preference" in why.out
 
     listed = await flotilla("list", *url)
     assert deployment_id in listed.out

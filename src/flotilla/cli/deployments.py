@@ -150,13 +150,16 @@ def status(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    why: Annotated[
+        bool, typer.Option("--why", help="Also show why each attempt went to its site.")
+    ] = False,
 ) -> None:
     """Show a deployment: status, outputs and every attempt with its cause."""
     view = _run(url, token, lambda client: client.get(deployment_id))
     if as_json:
         out.print_json(data=view)
     else:
-        print_view(view)
+        print_view(view, why=why)
 
 
 @app.command("list")
@@ -275,7 +278,7 @@ def _quota(quota: dict[str, Any]) -> str:
     return f"{quota['resource']} {used}/{'-' if limit is None else f'{limit:g}'}"
 
 
-def print_view(view: dict[str, Any]) -> None:
+def print_view(view: dict[str, Any], *, why: bool = False) -> None:
     out.print(
         Text.assemble(("deployment ", ""), (view["id"], "bold"), " ", _status_text(view["status"]))
     )
@@ -287,8 +290,22 @@ def print_view(view: dict[str, Any]) -> None:
             f"  attempt {attempt['number']} at {attempt['site']}: {attempt['outcome']}{cause}",
             highlight=False,
         )
+        if why and attempt.get("placement"):
+            _print_placement(attempt["placement"])
     for name, value in (view.get("outputs") or {}).items():
         out.print(f"  output {name} = {json.dumps(value)}", highlight=False)
+
+
+def _print_placement(placement: dict[str, Any]) -> None:
+    """The ranking an attempt was placed by: candidates best first, then rejected sites."""
+    for candidate in placement["candidates"]:
+        terms = ", ".join(candidate["explanation"])
+        out.print(f"    {candidate['site']}: {candidate['score']:g} ({terms})", highlight=False)
+    if placement.get("more_candidates"):
+        out.print(f"    ... {placement['more_candidates']} more candidates", highlight=False)
+    for rejection in placement["rejected"]:
+        reasons = "; ".join(rejection["reasons"])
+        out.print(f"    {rejection['site']}: rejected: {reasons}", highlight=False)
 
 
 def _status_text(status: str) -> Text:

@@ -62,8 +62,34 @@ class CreateDeployment(ApiModel):
         return self
 
 
+class CandidateView(ApiModel):
+    """A site that could run the deployment: its score and the terms that made it."""
+
+    site: str
+    score: float
+    explanation: list[str]
+
+
+class RejectionView(ApiModel):
+    """A site that could not run the deployment, and why (or a count of further sites)."""
+
+    site: str
+    reasons: list[str]
+
+
+class PlacementView(ApiModel):
+    """Why an attempt went where it went: the ranking made when it was placed."""
+
+    candidates: list[CandidateView] = Field(description="The best candidates, best first.")
+    more_candidates: int = Field(0, description="Candidates ranked lower and not listed.")
+    rejected: list[RejectionView] = Field(
+        description="Rejected sites by name (those with an SLA for the group first); a last"
+        " entry may count the sites not listed."
+    )
+
+
 class AttemptView(ApiModel):
-    """One try at one site, with the cause when it failed."""
+    """One try at one site, with the cause when it failed, and why that site was chosen."""
 
     number: int
     site: str
@@ -74,6 +100,7 @@ class AttemptView(ApiModel):
     cause: str | None
     released: bool
     kept: bool
+    placement: PlacementView | None = None
 
 
 class DeploymentView(ApiModel):
@@ -176,6 +203,18 @@ def _attempt_view(attempt: AttemptRecord) -> AttemptView:
         cause=attempt.cause,
         released=attempt.released,
         kept=attempt.kept,
+        placement=_placement_view(attempt.ranking),
+    )
+
+
+def _placement_view(ranking: dict[str, Any]) -> PlacementView | None:
+    """The stored ranking as the API shows it; None for an attempt stored without one."""
+    if "candidates" not in ranking:
+        return None
+    return PlacementView(
+        candidates=[CandidateView(**c) for c in ranking["candidates"]],
+        more_candidates=ranking.get("more_candidates", 0),
+        rejected=[RejectionView(**r) for r in ranking.get("rejected", [])],
     )
 
 

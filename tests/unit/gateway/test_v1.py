@@ -60,6 +60,7 @@ async def test_create_returns_the_recorded_deployment(rig: Rig) -> None:
         "cause",
         "released",
         "kept",
+        "placement",
     }
     record = await rig.store.get(view["id"])
     assert record is not None
@@ -170,6 +171,12 @@ async def test_get_shows_outputs_and_every_attempt_with_its_cause(rig: Rig) -> N
     assert failed["cause"] == "no cores left"
     assert failed["released"] is True
     assert (succeeded["site"], succeeded["outcome"]) == ("beta", "succeeded")
+    # Why each site: the first attempt ranked alpha first; the second excluded it.
+    assert failed["placement"]["candidates"][0]["site"] == "alpha"
+    assert failed["placement"]["candidates"][0]["explanation"]
+    assert succeeded["placement"]["candidates"][0]["site"] == "beta"
+    rejected = {r["site"]: r["reasons"] for r in succeeded["placement"]["rejected"]}
+    assert "already tried for this deployment" in rejected["alpha"]
 
 
 async def test_unknown_deployment_is_404(rig: Rig) -> None:
