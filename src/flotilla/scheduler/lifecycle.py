@@ -561,10 +561,11 @@ def _ranking_json(ranking: Ranking) -> dict[str, Any]:
     every attempt would otherwise store hundreds of scores nobody reads.
     """
     listed = ranking.candidates[:CANDIDATES_LISTED]
+    # The entries are made once per candidate and rejection and shared by every ranking
+    # that lists them: nothing changes a stored ranking, and thousands of attempts then
+    # hold a few lists each instead of a tree of dicts that every full collection walks.
     return {
-        "candidates": [
-            {"site": c.site, "score": c.score, "explanation": list(c.explanation)} for c in listed
-        ],
+        "candidates": [c.as_json() for c in listed],
         "more_candidates": len(ranking.candidates) - len(listed),
-        "rejected": [{"site": r.site, "reasons": list(r.reasons)} for r in ranking.rejections],
+        "rejected": [r.as_json() for r in ranking.rejections],
     }

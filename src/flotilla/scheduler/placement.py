@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
-from typing import Final
+from typing import Any, Final
 
 from flotilla.scheduler.changes import ChangeLog
 from flotilla.scheduler.claim import ClaimBook
@@ -98,6 +98,15 @@ class Candidate:
     shapes: Mapping[str, str]
     images: Mapping[str, str]
     usage: Usage
+    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """Site, score and explanation as stored with an attempt (made once; do not change)."""
+        if self._json is None:
+            record = {"site": self.site, "score": self.score, "explanation": [*self.explanation]}
+            object.__setattr__(self, "_json", record)
+            return record
+        return self._json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +115,15 @@ class Rejection:
 
     site: str
     reasons: tuple[str, ...]
+    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """Site and reasons as stored with an attempt (made once; do not change)."""
+        if self._json is None:
+            record = {"site": self.site, "reasons": [*self.reasons]}
+            object.__setattr__(self, "_json", record)
+            return record
+        return self._json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
