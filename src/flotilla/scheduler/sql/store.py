@@ -8,13 +8,13 @@ transactional outbox: a crash never loses a decision nor publishes one that was 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, RowMapping, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -84,6 +84,7 @@ class SqlStore:
         self._timeout = timeout
         self._engine: AsyncEngine | None = None
         self._state = StoreState.UNOPENED
+        self._sql: _Statements | None = None
 
     @classmethod
     async def open(
@@ -104,6 +105,7 @@ class SqlStore:
         if self._migrate:
             await upgrade_to_head(self._url, timeout=self._timeout * 6)
         self._engine = create_engine(self._url, pool_pre_ping=True)
+        self._sql = _statements(self._engine.dialect.name)
         self._state = StoreState.OPEN
         return self
 
@@ -128,8 +130,8 @@ class SqlStore:
         """One deployment, if it exists."""
 
         async def work(conn: AsyncConnection) -> DeploymentRecord | None:
-            query = select(DeploymentRow).where(DeploymentRow.id == deployment_id)
-            row = (await conn.execute(query)).mappings().one_or_none()
+            query = self._statements().get_deployment
+            row = (await conn.execute(query, {"match_id": deployment_id})).mappings().one_or_none()
             return None if row is None else _deployment(row)
 
         return await self._run("read a deployment", work)
@@ -138,12 +140,9 @@ class SqlStore:
         """A deployment's attempts, first to last."""
 
         async def work(conn: AsyncConnection) -> list[AttemptRecord]:
-            query = (
-                select(AttemptRow)
-                .where(AttemptRow.deployment_id == deployment_id)
-                .order_by(AttemptRow.number)
-            )
-            return [_attempt(row) for row in (await conn.execute(query)).mappings()]
+            query = self._statements().get_attempts
+            rows = (await conn.execute(query, {"match_id": deployment_id})).mappings()
+            return [_attempt(row) for row in rows]
 
         return await self._run("read attempts", work)
 
@@ -171,7 +170,7 @@ class SqlStore:
             await self._write_outbox(conn, change)
             await self._write_journal(conn, change.journal)
             if change.handled_key is not None:
-                await conn.execute(self._insert_key(change.handled_key))
+                await self._write_key(conn, change.handled_key)
             return replace(change.deployment, version=version)
 
         return await self._run("commit a deployment change", work)
@@ -180,8 +179,8 @@ class SqlStore:
         """Whether the message with this idempotency key was already handled."""
 
         async def work(conn: AsyncConnection) -> bool:
-            query = select(HandledKeyRow.key).where(HandledKeyRow.key == key)
-            return (await conn.execute(query)).first() is not None
+            query = self._statements().get_key
+            return (await conn.execute(query, {"match_key": key})).first() is not None
 
         return await self._run("read a handled key", work)
 
@@ -189,7 +188,7 @@ class SqlStore:
         """Record a handled key outside of a change (for messages that change nothing)."""
 
         async def work(conn: AsyncConnection) -> None:
-            await conn.execute(self._insert_key(key))
+            await self._write_key(conn, key)
 
         await self._run("record a handled key", work)
 
@@ -342,25 +341,26 @@ class SqlStore:
         async with translated(what, timeout=self._timeout), engine.begin() as conn:
             return await work(conn)
 
+    def _statements(self) -> _Statements:
+        self._require_open()
+        assert self._sql is not None  # made when the store opened
+        return self._sql
+
     async def _write_deployment(self, conn: AsyncConnection, change: Change) -> int:
         """Insert or update the deployment row and return its new version."""
+        sql = self._statements()
         values = _deployment_values(change.deployment)
         expected = change.expected_version
         if expected is None:
             # Like MemoryStore: no expectation means create, or overwrite whatever is there.
-            upsert = self._insert(DeploymentRow).values(**values, version=1)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=[DeploymentRow.id],
-                set_={**_without_id(values), "version": DeploymentRow.version + 1},
-            )
-            result = await conn.execute(upsert.returning(DeploymentRow.version))
+            result = await conn.execute(sql.upsert_deployment, {**values, "version": 1})
             return int(result.scalar_one())
-        guarded = (
-            update(DeploymentRow)
-            .where(DeploymentRow.id == change.deployment.id, DeploymentRow.version == expected)
-            .values(**values, version=expected + 1)
+        del values["id"]
+        guard = {"match_id": change.deployment.id, "match_version": expected}
+        updated = await conn.execute(
+            sql.update_deployment, {**values, "version": expected + 1, **guard}
         )
-        if (await conn.execute(guarded)).rowcount == 0:
+        if updated.rowcount == 0:
             stored = await conn.scalar(
                 select(DeploymentRow.version).where(DeploymentRow.id == change.deployment.id)
             )
@@ -374,12 +374,7 @@ class SqlStore:
         """Upsert the touched attempts by (deployment, number)."""
         for attempt in change.attempts:
             values = _attempt_values(attempt, change.deployment.id)
-            upsert = self._insert(AttemptRow).values(**values)
-            await conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[AttemptRow.deployment_id, AttemptRow.number], set_=values
-                )
-            )
+            await conn.execute(self._statements().upsert_attempt, values)
 
     async def _write_outbox(self, conn: AsyncConnection, change: Change) -> None:
         """Append the change's messages to the outbox, in order."""
@@ -392,7 +387,7 @@ class SqlStore:
         ]
         # One row per statement keeps the sequence in the change's order on every dialect.
         for row in rows:
-            await conn.execute(insert(OutboxRow).values(**row))
+            await conn.execute(self._statements().insert_outbox, row)
 
     async def _write_journal(self, conn: AsyncConnection, messages: Sequence[Envelope]) -> None:
         """Append events to the journal in order; an id already there is skipped."""
@@ -406,13 +401,11 @@ class SqlStore:
                 "time": now,
                 "message": encode(message).decode(),
             }
-            statement = self._insert(JournalRow).values(**row)
-            await conn.execute(statement.on_conflict_do_nothing(index_elements=["message_id"]))
+            await conn.execute(self._statements().insert_journal, row)
 
-    def _insert_key(self, key: str) -> Any:
+    async def _write_key(self, conn: AsyncConnection, key: str) -> None:
         """Insert a handled key unless it is already there (marking twice is harmless)."""
-        statement = self._insert(HandledKeyRow).values(key=key, created_at=utc_now())
-        return statement.on_conflict_do_nothing(index_elements=[HandledKeyRow.key])
+        await conn.execute(self._statements().insert_key, {"key": key, "created_at": utc_now()})
 
     def _insert(self, table: type[Any]) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ``ON CONFLICT`` on both SQLite and PostgreSQL."""
@@ -424,6 +417,71 @@ class SqlStore:
         if self._state is not StoreState.OPEN or self._engine is None:
             raise StoreClosedError(f"the store is {self._state.value}; open it with 'async with'")
         return self._engine
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Statements:
+    """The statements of the hot paths, built once per store with their values as parameters.
+
+    SQLAlchemy then compiles each once and finds it in its cache by the same object, instead
+    of building, coercing and keying a new statement with the values inside for every call.
+    """
+
+    get_deployment: Any
+    get_attempts: Any
+    get_key: Any
+    upsert_deployment: Any
+    update_deployment: Any
+    upsert_attempt: Any
+    insert_outbox: Any
+    insert_journal: Any
+    insert_key: Any
+
+
+# What an upsert overwrites: every column but the key (and the version, which it counts).
+_DEPLOYMENT_COLUMNS = tuple(
+    c.name for c in DeploymentRow.__table__.columns if c.name not in ("id", "version")
+)
+_ATTEMPT_COLUMNS = tuple(
+    c.name for c in AttemptRow.__table__.columns if c.name not in ("deployment_id", "number")
+)
+
+
+def _statements(dialect: str) -> _Statements:
+    """The statements for ``dialect``; its INSERT has ``ON CONFLICT`` on SQLite and PostgreSQL."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    deployment = dialect_insert(DeploymentRow)
+    attempt = dialect_insert(AttemptRow)
+    return _Statements(
+        get_deployment=select(DeploymentRow).where(DeploymentRow.id == bindparam("match_id")),
+        get_attempts=select(AttemptRow)
+        .where(AttemptRow.deployment_id == bindparam("match_id"))
+        .order_by(AttemptRow.number),
+        get_key=select(HandledKeyRow.key).where(HandledKeyRow.key == bindparam("match_key")),
+        upsert_deployment=deployment.on_conflict_do_update(
+            index_elements=[DeploymentRow.id],
+            set_={
+                **{name: deployment.excluded[name] for name in _DEPLOYMENT_COLUMNS},
+                "version": DeploymentRow.version + 1,
+            },
+        ).returning(DeploymentRow.version),
+        # The columns set are the parameters' keys; match_* are the guard's.
+        update_deployment=update(DeploymentRow).where(
+            DeploymentRow.id == bindparam("match_id"),
+            DeploymentRow.version == bindparam("match_version"),
+        ),
+        upsert_attempt=attempt.on_conflict_do_update(
+            index_elements=[AttemptRow.deployment_id, AttemptRow.number],
+            set_={name: attempt.excluded[name] for name in _ATTEMPT_COLUMNS},
+        ),
+        insert_outbox=insert(OutboxRow),
+        insert_journal=dialect_insert(JournalRow).on_conflict_do_nothing(
+            index_elements=["message_id"]
+        ),
+        insert_key=dialect_insert(HandledKeyRow).on_conflict_do_nothing(
+            index_elements=[HandledKeyRow.key]
+        ),
+    )
 
 
 def _deployment_values(record: DeploymentRecord) -> dict[str, Any]:
@@ -440,10 +498,6 @@ def _deployment_values(record: DeploymentRecord) -> dict[str, Any]:
         "deadline": record.deadline,
         "outputs": record.outputs,
     }
-
-
-def _without_id(values: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if name != "id"}
 
 
 def _deployment(row: RowMapping) -> DeploymentRecord:
