@@ -693,14 +693,25 @@ def _counting(count: Callable[[str], None]) -> RawHandler:
 
 @contextlib.asynccontextmanager
 async def open_store(spec: str) -> AsyncIterator[Store]:
-    """``memory``; ``sqlite`` (a temporary file); or ``sqlite:///path`` to a new file.
+    """``memory``; ``sqlite`` (a temporary file); ``sqlite:///path`` to a new file; or
+    ``postgresql`` (a new database on the local server, as its ``postgres`` user).
 
-    The SQLite file (with its WAL) is deleted afterwards either way.
+    The SQLite file (with its WAL), or the database, is deleted afterwards either way.
     """
     if spec == "memory":
         yield MemoryStore()
         return
     from flotilla.scheduler.sql import SqlStore, sqlite_path
+
+    if spec == "postgresql":
+        name = f"flotilla_bench_{uuid.uuid4().hex[:10]}"
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        try:
+            async with SqlStore(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}") as store:
+                yield store
+        finally:
+            await _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        return
 
     with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as scratch:
         url = f"sqlite:///{scratch}/bench.db" if spec == "sqlite" else spec
@@ -712,6 +723,20 @@ async def open_store(spec: str) -> AsyncIterator[Store]:
                 yield store
         finally:
             await asyncio.to_thread(_unlink_sqlite, path)
+
+
+async def _pg_admin(statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
 
 
 def _unlink_sqlite(path: Path) -> None:
@@ -925,7 +950,9 @@ def parse() -> Options:
     parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--bus", choices=("rabbitmq", "memory"), default="rabbitmq")
     parser.add_argument(
-        "--store", default="memory", help="memory, sqlite (a temporary file) or sqlite:///new.db"
+        "--store",
+        default="memory",
+        help="memory, sqlite (a temporary file), sqlite:///new.db, or postgresql (a new database)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="Publishes in flight.")
     parser.add_argument("--prefetch", type=int, default=64, help="Scheduler consumer prefetch.")
