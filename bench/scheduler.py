@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.queues
+import os
 import random
 import tempfile
 import time
@@ -895,7 +896,16 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
         ),
     ]
     if options.bus == "rabbitmq" and result.broker_cpu is not None:
-        rows.append(("broker (beam.smp) CPU per placement", f"{_ms(result.broker_cpu / placed)}"))
+        machine = (result.cpu + load.cpu + result.broker_cpu) / placed
+        cores = os.cpu_count() or 1
+        rows += [
+            ("broker (beam.smp) CPU per placement", f"{_ms(result.broker_cpu / placed)}"),
+            ("  all three processes, CPU per placement", f"{_ms(machine)}"),
+            (
+                f"  CPU ceiling: {cores} cores / CPU per placement (database aside)",
+                f"{cores / machine:,.0f} placements/s",
+            ),
+        ]
     if raw is not None:
         pipelined, sequential = raw
         rows += [
