@@ -318,3 +318,19 @@ def test_a_standing_behind_the_change_logs_is_built_again() -> None:
     ranking = placer.rank(request)
     assert [c.site for c in ranking.candidates] == ["beta"]
     assert ranking.rejections[0].reasons == ("quota cores: needs 4, free 2",)
+
+
+def test_renewed_leases_do_not_pile_up_while_nobody_ranks() -> None:
+    """Thousands of renewals with no ranking in between keep a few expiries per site, and
+    liveness is still right afterwards."""
+    clock = Clock()
+    registry = SiteRegistry(grace=timedelta(0), clock=clock)
+    sites = ("alpha", "beta", "gamma")
+    for sequence in range(1, 2001):
+        for site in sites if sequence <= 1900 else sites[:2]:  # gamma misses the last 100
+            registry.apply_lease(lease(site, sequence, SiteState.READY, 10))
+        clock.now += timedelta(milliseconds=10)
+    assert len(registry._expiries) <= 4 * len(sites) + 64 + 1
+    assert registry.not_live(clock.now) == set()
+    clock.now += timedelta(seconds=9.5)  # past gamma's last lease, not the others'
+    assert registry.not_live(clock.now) == {"gamma"}

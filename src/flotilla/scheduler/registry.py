@@ -159,11 +159,28 @@ class SiteRegistry:
             view.lease_expires,
         ):
             if view.lease_expires is not None:
-                heapq.heappush(self._expiries, (view.lease_expires, view.name))
+                self._expire_at(view.lease_expires, view.name)
             if view.state is SiteState.READY and view.lease_expires is not None:
                 self._down.discard(view.name)
             else:
                 self._down.add(view.name)
+
+    def _expire_at(self, expires: datetime, name: str) -> None:
+        """Remember when a lease expires; renewed leases leave their old entries behind.
+
+        Those are skipped when they come up, but a registry that is not asked for
+        ``not_live()`` for a while would pile them up, so past a few per site the heap is
+        made again from the current leases alone.
+        """
+        expiries = self._expiries
+        heapq.heappush(expiries, (expires, name))
+        if len(expiries) > 4 * len(self._sites) + 64:
+            self._expiries = [
+                (view.lease_expires, site)
+                for site, view in self._sites.items()
+                if view.lease_expires is not None
+            ]
+            heapq.heapify(self._expiries)
 
 
 def _live(view: SiteView, now: datetime) -> bool:
