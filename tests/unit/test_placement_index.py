@@ -227,8 +227,8 @@ def test_kept_standings_rank_as_a_fresh_placer_does(seed: int) -> None:
         if rng.random() < 0.6
     ]
     requests = [
-        PlacementRequest(requirements=template(vm(cpus=cpus)), group=group)
-        for cpus in (1, 4, 16)
+        PlacementRequest(requirements=template(vm(cpus=cpus, count=count)), group=group)
+        for cpus, count in ((1, 1), (4, 1), (4, 3), (16, 1))  # same fit, other usage: 4 x 1, 3
         for group in groups
     ]
     placer = Placer(registry, slas)
@@ -286,6 +286,21 @@ def lease(site: str, sequence: int, state: SiteState, ttl: int) -> Lease:
         sequence=sequence,
         agent_instance="a",
     )
+
+
+def test_instance_count_is_part_of_the_kind_of_request() -> None:
+    """Two requests that differ only in instance count fit alike but use different quota:
+    the second is judged on its own usage, not the first one's."""
+    clock = Clock()
+    registry = SiteRegistry(grace=timedelta(0), clock=clock)
+    report(registry, "alpha", cores=10)
+    placer = Placer(registry, [Sla(id="a", group="g", site="alpha")])
+    one = PlacementRequest(requirements=template(vm(cpus=4, count=1)), group="g")
+    five = PlacementRequest(requirements=template(vm(cpus=4, count=5)), group="g")
+    assert placer.rank(one).candidates[0].usage["cores"] == 4
+    ranking = placer.rank(five)
+    assert ranking.candidates == ()
+    assert ranking.rejections[0].reasons == ("quota cores: needs 20, free 10",)
 
 
 def test_change_log_forgets_the_oldest_names_past_its_size() -> None:

@@ -325,7 +325,18 @@ class Placer:
     def _pass(self, request: PlacementRequest) -> _Pass:
         pin = request.scheduling
         template = self._fits.key(request.requirements)
-        kind = (template, request.group, pin.site, pin.sla_id, pin.region, request.datasets)
+        # The fit's key leaves instance counts out (they do not change a fit), but the
+        # usage checked against quotas and claimed depends on them.
+        counts = tuple(node.count for node in request.requirements.nodes)
+        kind = (
+            template,
+            counts,
+            request.group,
+            pin.site,
+            pin.sla_id,
+            pin.region,
+            request.datasets,
+        )
         key = self._keys.get(kind)
         if key is None:
             if len(self._keys) >= _MAX_KEYS:  # keys restart from 0: forget what they named
@@ -352,9 +363,8 @@ class Placer:
             changed = set(run.slas)
             if len(self._boards) >= _MAX_BOARDS:
                 del self._boards[next(iter(self._boards))]
-        self._boards[run.key] = board
-        board.positions = tuple(log.end for log in logs)
-        for site in changed:
+        positions = tuple(log.end for log in logs)
+        for site in changed:  # should a judgement fail, the board is dropped, not half kept
             sla = board.slas.get(site)
             if sla is None:
                 continue  # no SLA here: not a site of this standing
@@ -363,6 +373,8 @@ class Placer:
             stats = self._stats.get(site, _NO_STATS)
             outcome = None if view is None else self._judge(view, run, sla, stats, board.fits)
             board.put(site, outcome)
+        board.positions = positions
+        self._boards[run.key] = board
         return board
 
     def _slas_for(self, request: PlacementRequest) -> Mapping[str, Sla]:
