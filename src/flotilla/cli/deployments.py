@@ -190,8 +190,8 @@ def list_(
             item["id"],
             _status_text(item["status"]),
             item.get("site") or "-",
-            item["group"],
-            item["owner"],
+            Text(item["group"]),  # Text: names from tokens are shown as is, never as markup
+            Text(item["owner"]),
             _age(item.get("updated_at")),
         )
     out.print(table)
@@ -235,7 +235,7 @@ def events(
         stream = client.events(deployment_id, after=after, until=() if follow_ else FINAL)
         async for event in stream:
             if as_json:
-                out.print(json.dumps(event.message), soft_wrap=True, highlight=False)
+                out.print(json.dumps(event.message), soft_wrap=True, highlight=False, markup=False)
                 continue
             line = _event_line(event)
             if line is not None:
@@ -283,29 +283,32 @@ def print_view(view: dict[str, Any], *, why: bool = False) -> None:
         Text.assemble(("deployment ", ""), (view["id"], "bold"), " ", _status_text(view["status"]))
     )
     if view.get("status_reason"):
-        out.print(f"  reason: {view['status_reason']}", highlight=False)
+        out.print(f"  reason: {view['status_reason']}", highlight=False, markup=False)
     for attempt in view.get("attempts", []):
         cause = f" {attempt['cause_code']}: {attempt['cause']}" if attempt.get("cause") else ""
         out.print(
             f"  attempt {attempt['number']} at {attempt['site']}: {attempt['outcome']}{cause}",
             highlight=False,
+            markup=False,
         )
         if why and attempt.get("placement"):
             _print_placement(attempt["placement"])
     for name, value in (view.get("outputs") or {}).items():
-        out.print(f"  output {name} = {json.dumps(value)}", highlight=False)
+        out.print(f"  output {name} = {json.dumps(value)}", highlight=False, markup=False)
 
 
 def _print_placement(placement: dict[str, Any]) -> None:
     """The ranking an attempt was placed by: candidates best first, then rejected sites."""
+    # Reasons carry text from requests (regions, image names): printed as is, not as markup.
     for candidate in placement["candidates"]:
         terms = ", ".join(candidate["explanation"])
-        out.print(f"    {candidate['site']}: {candidate['score']:g} ({terms})", highlight=False)
+        line = f"    {candidate['site']}: {candidate['score']:g} ({terms})"
+        out.print(line, highlight=False, markup=False)
     if placement.get("more_candidates"):
         out.print(f"    ... {placement['more_candidates']} more candidates", highlight=False)
     for rejection in placement["rejected"]:
         reasons = "; ".join(rejection["reasons"])
-        out.print(f"    {rejection['site']}: rejected: {reasons}", highlight=False)
+        out.print(f"    {rejection['site']}: rejected: {reasons}", highlight=False, markup=False)
 
 
 def _status_text(status: str) -> Text:
