@@ -425,7 +425,7 @@ class TimedLifecycle(Lifecycle):
         super().__init__(**kwargs)
         self.timings = timings
 
-    async def requested(self, message: DeploymentRequested) -> Change:
+    async def requested(self, message: DeploymentRequested) -> Change | None:
         """Decide, and record how long it took."""
         start = time.perf_counter()
         try:

@@ -97,11 +97,15 @@ class Lifecycle:
         self._clock = clock
         self._grace_until = clock() + self._config.grace
 
-    async def requested(self, message: DeploymentRequested) -> Change:
+    async def requested(self, message: DeploymentRequested) -> Change | None:
         """A new deployment: validate the template, place it, send the first command."""
         request = message.data
         existing = await self._store.get(request.deployment_id)
         if existing is not None:
+            # Handled before (the step that handled it also wrote the deployment): a
+            # redelivery, which changes nothing. Any other request for the id is refused.
+            if await self._store.is_done(message.id):
+                return None
             raise _busy_or_exists(existing)
         now = self._clock()
         record = DeploymentRecord(

@@ -179,10 +179,14 @@ class SchedulerService:
         """Run one lifecycle step under the deployment's lock and commit what it decided.
 
         A message already handled (a redelivery) is skipped; a change records the message's
-        key in its own transaction, and a step that changes nothing records it alone.
+        key in its own transaction, and a step that changes nothing records it alone. A new
+        deployment's request is the exception: ``Lifecycle.requested`` reads the deployment
+        anyway, and only when it exists can the request have been handled, so the key is
+        looked up there, saving the most common step a read.
         """
         async with self._locks[deployment_id]:
-            if cause is not None and await self._store.is_done(cause.id):
+            checked = isinstance(cause, DeploymentRequested)
+            if cause is not None and not checked and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
                 return
             change = await decide()
