@@ -271,12 +271,14 @@ async def test_second_create_is_refused(harness: Harness) -> None:
 
 
 async def test_a_handled_request_seen_again_changes_nothing(harness: Harness) -> None:
-    """The same request message again (a redelivery) decides nothing and is not refused."""
+    """The same request message again (a redelivery) decides nothing and is not refused;
+    another request for the same deployment still is."""
     did = new_id()
     message = request(did)
     await harness.commit(await harness.lifecycle.requested(message))
     assert await harness.lifecycle.requested(message) is None
-    assert len(harness.commands(ProvisionDeployment)) == 1
+    with pytest.raises(OperationInProgressError):
+        await harness.lifecycle.requested(request(did))
 
 
 async def test_bad_template_fails_with_node_and_field(harness: Harness) -> None:

@@ -50,13 +50,10 @@ class ClaimBook:
         self._claims[key] = claim
         self._by_site.setdefault(site, {})[key] = claim
         # Totals already worked out grow by the claim; a release works them out afresh.
-        totals = self._totals.get(site, {})
-        self._changed(site)
-        for total_group, total in totals.items():
+        for total_group, total in self._totals.get(site, {}).items():
             if total_group is None or total_group == group:
                 total.update(claim.usage)
-        if totals:
-            self._totals[site] = totals
+        self._changed(site)
 
     def release(self, key: str) -> None:
         """Drop a claim: the attempt failed, was released, or never started."""
@@ -141,10 +138,10 @@ class ClaimBook:
             claims.pop(key, None)
             if not claims:
                 del self._by_site[site]
+        self._totals.pop(site, None)
         self._changed(site)
 
     def _changed(self, site: str) -> None:
-        self._totals.pop(site, None)
         self._revision += 1
         self._revisions[site] = self._revision
         self.changes.add(site)

@@ -125,12 +125,7 @@ class SiteRegistry:
         """
         if now < self._looked:  # the clock went back: judge every site again
             self._down = {name for name, view in self._sites.items() if not _live(view, now)}
-            self._expiries = [
-                (view.lease_expires, name)
-                for name, view in self._sites.items()
-                if view.lease_expires is not None and view.lease_expires > now
-            ]
-            heapq.heapify(self._expiries)
+            self._renew_expiries()
         self._looked = now
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
@@ -172,15 +167,18 @@ class SiteRegistry:
         ``not_live()`` for a while would pile them up, so past a few per site the heap is
         made again from the current leases alone.
         """
-        expiries = self._expiries
-        heapq.heappush(expiries, (expires, name))
-        if len(expiries) > 4 * len(self._sites) + 64:
-            self._expiries = [
-                (view.lease_expires, site)
-                for site, view in self._sites.items()
-                if view.lease_expires is not None
-            ]
-            heapq.heapify(self._expiries)
+        heapq.heappush(self._expiries, (expires, name))
+        if len(self._expiries) > 4 * len(self._sites) + 64:
+            self._renew_expiries()
+
+    def _renew_expiries(self) -> None:
+        """The heap made afresh from the current leases alone (expired ones included)."""
+        self._expiries = [
+            (view.lease_expires, name)
+            for name, view in self._sites.items()
+            if view.lease_expires is not None
+        ]
+        heapq.heapify(self._expiries)
 
 
 def _live(view: SiteView, now: datetime) -> bool:

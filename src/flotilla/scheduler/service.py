@@ -185,8 +185,8 @@ class SchedulerService:
         looked up there, saving the most common step a read.
         """
         async with self._locks[deployment_id]:
-            checked = isinstance(cause, DeploymentRequested)
-            if cause is not None and not checked and await self._store.is_done(cause.id):
+            checked_later = isinstance(cause, DeploymentRequested)  # by Lifecycle.requested
+            if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
                 return
             change = await decide()
