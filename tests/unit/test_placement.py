@@ -213,6 +213,22 @@ def test_quota_headroom_is_checked(registry: SiteRegistry) -> None:
     assert ranking.rejections[0].reasons == ("quota cores: needs 4, free 2",)
 
 
+def test_a_site_that_cannot_fit_is_rejected_for_that_alone(registry: SiteRegistry) -> None:
+    """A site whose flavors cannot hold the request gives that reason, not its quotas too,
+    and keeps giving it when claims at the site change."""
+    report(registry, "alpha", cores=10, used=9, seq=2)  # full as well as too small
+    placer = Placer(registry, SLAS)
+    request = PlacementRequest(requirements=template(vm(cpus=64)), group="physics")
+    first = placer.rank(request)
+    assert first.candidates == ()
+    alpha = next(r for r in first.rejections if r.site == "alpha")
+    assert alpha.reasons and not any(reason.startswith("quota") for reason in alpha.reasons)
+    small = placer.rank(PlacementRequest(requirements=template(vm()), group="physics"))
+    placer.claims.claim("d/1", site="alpha", group="physics", usage=small.candidates[0].usage)
+    again = next(r for r in placer.rank(request).rejections if r.site == "alpha")
+    assert again.reasons == alpha.reasons
+
+
 def test_a_vm_uses_its_whole_flavor_of_the_quota(registry: SiteRegistry) -> None:
     """2 CPUs asked on the 8-CPU GPU flavor count 8 cores: a site with 6 free is refused."""
     report(registry, "alpha", cores=10, used=4, seq=2)

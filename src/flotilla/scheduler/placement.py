@@ -174,6 +174,16 @@ class _Fitted:
     reasons: tuple[str, ...]  # SLA, report, region and fit: quotas are judged apart
     fit: TemplateFit | None
     usage: Usage  # what the request would take from the site's quotas
+    rejected: _Outcome | None = None  # the outcome when ``reasons`` already rule it out
+
+
+def _fitted(
+    *, capacity: Capacity | None, reasons: list[str], fit: TemplateFit | None, usage: Usage
+) -> _Fitted:
+    rejected = _Outcome(reasons=tuple(reasons), candidate=None) if reasons else None
+    return _Fitted(
+        capacity=capacity, reasons=tuple(reasons), fit=fit, usage=usage, rejected=rejected
+    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -372,7 +382,8 @@ class Placer:
             # An SLA for a site that never reported is not a known site.
             stats = self._stats.get(site, _NO_STATS)
             outcome = None if view is None else self._judge(view, run, sla, stats, board.fits)
-            board.put(site, outcome)
+            if outcome is None or outcome is not board.outcomes.get(site):
+                board.put(site, outcome)
         board.positions = positions
         self._boards[run.key] = board
         return board
@@ -420,13 +431,18 @@ class Placer:
             fitted = self._fit(view, run, sla)
             if fits is not None:
                 fits[view.name] = fitted
+        if fitted.rejected is not None:
+            # Ruled out by the report alone: claims and statistics cannot change that, so
+            # the same outcome stands (and quotas are not worth a reason there).
+            return fitted.rejected
         capacity = fitted.capacity
-        if capacity is None:
-            return _Outcome(reasons=fitted.reasons, candidate=None)
+        # Without a report or an SLA there would have been reasons.
+        assert capacity is not None
+        assert sla is not None
         usage = fitted.usage
         problems, headroom = _quota(capacity, run.request.group, usage, self.claims, sla)
-        if fitted.reasons or problems or sla is None:
-            return _Outcome(reasons=(*fitted.reasons, *problems), candidate=None)
+        if problems:
+            return _Outcome(reasons=tuple(problems), candidate=None)
         assert fitted.fit is not None  # there is a fit wherever there is a report
         candidate = self._score(capacity, run, sla, fitted.fit, headroom, stats, usage)
         return _Outcome(reasons=(), candidate=candidate)
@@ -440,7 +456,7 @@ class Placer:
         capacity = view.capacity
         if capacity is None:
             reasons.append("no capacity report yet")
-            return _Fitted(capacity=None, reasons=tuple(reasons), fit=None, usage=run.usage)
+            return _fitted(capacity=None, reasons=reasons, fit=None, usage=run.usage)
         if not _region_ok(request.scheduling, capacity):
             reasons.append(f"not in region {request.scheduling.region!r}")
         aliases = self._aliases.get(view.name, {})
@@ -453,7 +469,7 @@ class Placer:
             if not fit.reasons
             else run.usage
         )
-        return _Fitted(capacity=capacity, reasons=tuple(reasons), fit=fit, usage=usage)
+        return _fitted(capacity=capacity, reasons=reasons, fit=fit, usage=usage)
 
     def _rejections(
         self, run: _Pass, rejected: list[Rejection], more: int, placed: int
