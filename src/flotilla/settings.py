@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+EventLoop = Literal["uvloop", "asyncio"]
+"""The event loop of a long-running process (see ``flotilla.runtime``)."""
+
 
 class BusSettings(BaseModel):
     """How to reach the message broker."""
@@ -166,3 +169,7 @@ class Settings(BaseSettings):
         default_factory=GatewaySettings, description="REST gateway process."
     )
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    event_loop: EventLoop = Field(
+        default="uvloop",
+        description="Event loop of the scheduler, gateway, agent and `up` processes.",
+    )

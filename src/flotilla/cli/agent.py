@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from flotilla import runtime
 from flotilla.cli.app import app, load_settings
 
 
@@ -32,4 +32,4 @@ def agent(
         return
     from flotilla.agents.main import run_agent
 
-    asyncio.run(run_agent(site, settings))
+    runtime.run(run_agent(site, settings), loop=settings.event_loop)

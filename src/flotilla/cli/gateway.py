@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
+from flotilla import runtime
 from flotilla.cli.app import app, load_settings
 
 gateway_app = typer.Typer(
@@ -25,4 +24,5 @@ def run() -> None:
     """
     from flotilla.gateway.main import run_gateway  # loads the SQL and AMQP stacks
 
-    asyncio.run(run_gateway(load_settings()))
+    settings = load_settings()
+    runtime.run(run_gateway(settings), loop=settings.event_loop)

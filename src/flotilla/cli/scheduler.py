@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
+from flotilla import runtime
 from flotilla.cli.app import app, load_settings
 
 scheduler_app = typer.Typer(
@@ -21,4 +20,5 @@ def run() -> None:
     """Run until SIGINT or SIGTERM; settings come from FLOTILLA_* variables."""
     from flotilla.scheduler.main import run_scheduler  # loads the SQL and AMQP stacks
 
-    asyncio.run(run_scheduler(load_settings()))
+    settings = load_settings()
+    runtime.run(run_scheduler(settings), loop=settings.event_loop)

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import SecretStr
 
+from flotilla import runtime
 from flotilla.cli.app import app, err, load_settings
 from flotilla.cli.options import InputsOption, parse_inputs
 from flotilla.log import configure_logging
@@ -68,7 +69,10 @@ def up(
     )
     inputs = parse_inputs(input_)
     text = deploy.read_text(encoding="utf-8") if deploy is not None else None
-    code = asyncio.run(_up(settings, bus, state_dir, host, port, sites, text, inputs, exit_after))
+    code = runtime.run(
+        _up(settings, bus, state_dir, host, port, sites, text, inputs, exit_after),
+        loop=settings.event_loop,
+    )
     raise typer.Exit(code=code)
 
 
