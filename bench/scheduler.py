@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.queues
 import os
@@ -38,6 +39,7 @@ import psutil
 from aio_pika.abc import AbstractIncomingMessage
 
 from broker_cleanup import delete_topology
+from flotilla import runtime
 from flotilla.broker import core_topology, route
 from flotilla.broker.topology import COMMANDS, EVENTS
 from flotilla.bus import (
@@ -86,7 +88,7 @@ from flotilla.schemas import (
     WorkloadKind,
     new_id,
 )
-from flotilla.settings import LogSettings
+from flotilla.settings import EventLoop, LogSettings
 
 VM = WorkloadKind.VIRTUAL_MACHINE
 GROUPS = tuple(f"group-{i}" for i in range(8))
@@ -416,6 +418,9 @@ class Timings:
     rankings: list[float] = field(default_factory=list)
     first: float | None = None
     last: float = 0.0
+    # When each deployment's decision was made (perf_counter is the machine's monotonic
+    # clock on Linux, so the load process's arrival times compare with these).
+    decided: dict[str, float] = field(default_factory=dict)
 
 
 class TimedLifecycle(Lifecycle):
@@ -432,6 +437,7 @@ class TimedLifecycle(Lifecycle):
             return await super().requested(message)
         finally:
             end = time.perf_counter()
+            self.timings.decided[message.data.deployment_id] = end
             self.timings.decisions.append(end - start)
             self.timings.first = start if self.timings.first is None else self.timings.first
             self.timings.last = end
@@ -454,7 +460,10 @@ class TimedPlacer(Placer):
 
 
 class Tally:
-    """Counts provision commands and failed deployments; done when each request has one."""
+    """Counts provision commands and failed deployments; done when each request has one.
+
+    ``arrived``: when each deployment's command (or failure event) arrived, by deployment.
+    """
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -462,20 +471,25 @@ class Tally:
         self.failures = 0
         self.events = 0
         self.last = 0.0
+        self.arrived: dict[str, float] = {}
         self.done = asyncio.Event()
 
-    def command(self, routing_key: str) -> None:
+    def command(self, delivery: Delivery) -> None:
         """A command reached the catch-all commands queue."""
-        if routing_key.endswith(".provision"):
+        if delivery.routing_key.endswith(".provision"):
             self.provisions += 1
-            self._check()
+            self._arrived(delivery)
 
-    def event(self, routing_key: str) -> None:
+    def event(self, delivery: Delivery) -> None:
         """An event reached the catch-all events queue."""
         self.events += 1
-        if routing_key.endswith(".create_failed"):
+        if delivery.routing_key.endswith(".create_failed"):
             self.failures += 1
-            self._check()
+            self._arrived(delivery)
+
+    def _arrived(self, delivery: Delivery) -> None:
+        self.arrived[json.loads(delivery.body)["correlationid"]] = time.perf_counter()
+        self._check()
 
     def _check(self) -> None:
         if self.provisions + self.failures >= self.expected:
@@ -506,6 +520,7 @@ class Options:
     churn: float
     raw_count: int
     seed: int
+    loop: EventLoop
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -514,6 +529,7 @@ class LoadResult:
 
     elapsed: float  # first request published -> last command (or failure) received
     publish_elapsed: float
+    arrived: dict[str, float]  # when each deployment's command or failure arrived
     provisions: int
     failures: int
     events: int
@@ -654,6 +670,7 @@ async def drive(
         provisions=tally.provisions,
         failures=tally.failures,
         events=tally.events,
+        arrived=tally.arrived,
         cpu=time.process_time() - cpu,
     )
 
@@ -682,12 +699,12 @@ def _child(
             return await drive(options, names, portal=portal, sites=sites, sinks=sinks)
 
     configure_logging(LogSettings(level="warning"))
-    results.put(asyncio.run(run()))
+    results.put(runtime.run(run(), loop=options.loop))
 
 
-def _counting(count: Callable[[str], None]) -> RawHandler:
+def _counting(count: Callable[[Delivery], None]) -> RawHandler:
     async def handler(delivery: Delivery) -> None:
-        count(delivery.routing_key)
+        count(delivery)
 
     return handler
 
@@ -859,6 +876,8 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
     rankings = result.timings.rankings
     window = result.timings.last - (result.timings.first or 0.0)
     outbox = (load.provisions + load.events) / placed
+    decided = result.timings.decided
+    lags = [at - decided[d] for d, at in load.arrived.items() if d in decided] or [0.0]
     rows: list[tuple[str, str]] = [
         (
             "placements/s (first request published -> last command received)",
@@ -884,6 +903,10 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
         (
             "  of which Placer.rank p50 / p99",
             f"{_ms(percentile(rankings, 0.5))} / {_ms(percentile(rankings, 0.99))}",
+        ),
+        (
+            "decision to command received p50 / p99 (outbox, relay, broker)",
+            f"{_ms(percentile(lags, 0.5))} / {_ms(percentile(lags, 0.99))}",
         ),
         ("outbox messages published per placement (commands + events)", f"{outbox:.2f}"),
         (
@@ -922,7 +945,7 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
     print(
         f"scheduler bench: {options.sites:,} sites, {result.slas:,} SLAs over {len(GROUPS)}"
         f" groups, {options.requests:,} requests, bus {options.bus}, store {options.store},"
-        f" prefetch {options.prefetch}, capacity churn {options.churn:g}/s"
+        f" prefetch {options.prefetch}, capacity churn {options.churn:g}/s, loop {options.loop}"
     )
     print(
         "templates: a fixed TemplateSource hands out 5 prepared requirement variants;"
@@ -969,6 +992,12 @@ def parse() -> Options:
     parser.add_argument("--churn", type=float, default=20, help="Capacity reports per second.")
     parser.add_argument("--raw-count", type=int, default=10_000, help="Raw broker messages.")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="Event loop of every process of the run (the scheduler's default is uvloop).",
+    )
     args = parser.parse_args()
     return Options(
         url=args.url,
@@ -981,8 +1010,10 @@ def parse() -> Options:
         churn=args.churn,
         raw_count=args.raw_count,
         seed=args.seed,
+        loop=args.loop,
     )
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    options = parse()
+    runtime.run(main(options), loop=options.loop)

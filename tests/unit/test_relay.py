@@ -305,3 +305,60 @@ async def test_shutdown_is_idempotent_and_safe_before_run(world: World) -> None:
         await relay.run()
 
     assert len(await world.store.pending()) == 1
+
+
+class GatedBus(MemoryBus):
+    """A memory bus that publishes ``allowed`` messages, then holds the rest until opened."""
+
+    def __init__(self, broker: MemoryBroker, allowed: int) -> None:
+        super().__init__(policy=DELIVERY_POLICY, broker=broker)
+        self.allowed = allowed
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def publish(
+        self, message: Envelope, route: Route, *, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish at once while allowed, else wait for the gate."""
+        if self.allowed > 0:
+            self.allowed -= 1
+        else:
+            self.held.set()
+            await self.gate.wait()
+        await super().publish(message, route, headers=headers)
+
+
+async def test_room_waits_while_the_relay_is_behind(world: World) -> None:
+    """After a full batch went out, new work waits until a round finds the outbox drained."""
+    for _ in range(4):
+        await world.commit(release(new_id()))
+    relay = OutboxRelay(world.store, world.bus, batch=2)
+    async with asyncio.timeout(1):
+        await relay.room()  # not running: nothing to wait for
+
+    async with GatedBus(world.broker, allowed=2) as bus:
+        relay = OutboxRelay(world.store, bus, batch=2)
+        async with running(relay):
+            async with asyncio.timeout(5):
+                await bus.held.wait()  # the first batch went out; the second is held
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await relay.room()
+            bus.gate.set()
+            async with asyncio.timeout(5):
+                await relay.room()
+            assert await world.store.pending() == []
+
+
+async def test_parked_entries_never_hold_back_new_work(world: World) -> None:
+    """A full batch of entries held back behind a parked one is not "behind": room() is free."""
+    command = release(new_id(), site="beta")  # no queue for beta: parked
+    await world.commit(command, status_changed(command.data.deployment_id))
+    relay = OutboxRelay(world.store, world.bus, batch=1, retry_delays=FAST)
+
+    async with running(relay):
+        await world.store.wait_until(lambda entries: len(relay.parked) == 1)
+        async with asyncio.timeout(1):
+            await relay.room()
+
+    assert len(await world.store.pending()) == 2

@@ -95,6 +95,8 @@ class OutboxRelay:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
         self._running = False
         self._finished = asyncio.Event()
 
@@ -107,6 +109,19 @@ class OutboxRelay:
         """Relay now: the scheduler calls this after each commit that wrote messages."""
         self._wake.set()
 
+    async def room(self) -> None:
+        """Wait while the relay is behind: its last round sent a full batch, so more waits.
+
+        The scheduler calls this before taking on new work. Deciding faster than the relay
+        publishes only grows the outbox: decisions sit there, unseen by the sites, while
+        each publish waits its turn behind more decisions (seconds, at a few hundred
+        requests per second). Waiting here keeps a decision's command a batch or so
+        behind it. A round that sends nothing (every entry held back) does not count as
+        behind, so parked entries never stop the scheduler taking work.
+        """
+        if self._running and not self._stopping.is_set():
+            await self._caught_up.wait()
+
     async def run(self) -> None:
         """Relay until ``shutdown()``; returns at once if it was already shut down."""
         if self._stopping.is_set() or self._running:
@@ -118,9 +133,12 @@ class OutboxRelay:
                 # Cleared before reading, so a commit made while relaying is not missed.
                 self._wake.clear()
                 if await self._relay_batch():
+                    self._caught_up.clear()
                     continue  # a full batch: there may be more right away
+                self._caught_up.set()
                 await self._wait(self._wake, self._poll)
         finally:
+            self._caught_up.set()
             self._finished.set()
             _log.info("outbox_relay_stopped")
 
@@ -128,6 +146,7 @@ class OutboxRelay:
         """Stop after the entry being published; safe before ``run()`` and twice."""
         self._stopping.set()
         self._wake.set()
+        self._caught_up.set()
         if self._running:
             await self._finished.wait()
 

@@ -131,6 +131,7 @@ class SchedulerService:
     async def _on_request(self, message: Message, delivery: Delivery) -> None:
         lifecycle = self._lifecycle
         if isinstance(message, DeploymentRequested):
+            await self._relay.room()  # new work waits while earlier decisions go out
             await self._step(
                 message.data.deployment_id, lambda: lifecycle.requested(message), message
             )
