@@ -234,3 +234,59 @@ async def test_close_is_idempotent_and_safe_before_open(harness: Harness) -> Non
 
     with pytest.raises(BusClosedError):
         await unopened.publish(make_message(), work_route(harness))
+
+
+async def test_a_slow_delivery_does_not_hold_back_the_others(harness: Harness) -> None:
+    """While one delivery is still being handled, the ones after it are handled and settled:
+    with a prefetch of 2, five later messages all get through, and when the subscription
+    stops only the unfinished one is delivered again."""
+    first = make_message("slow")
+    never = asyncio.Event()
+    handled = Recorder()
+
+    async def handler(message: Message, delivery: Delivery) -> None:
+        if message.id == first.id:
+            await never.wait()
+        await handled.record(message, delivery)
+
+    subscription = await harness.bus.subscribe(harness.names.work, handler, prefetch=2)
+    await harness.bus.publish(first, work_route(harness))
+    later = [make_message(f"later {n}") for n in range(5)]
+    for message in later:
+        await harness.bus.publish(message, work_route(harness))
+    for message in later:
+        await handled.wait_for(message.id)
+    await subscription.stop(timeout=0.1)
+
+    after = Recorder()
+    await harness.bus.subscribe(harness.names.work, after.handler)
+    sentinel = make_message("sentinel")
+    await harness.bus.publish(sentinel, work_route(harness))
+    await after.wait_for(sentinel.id)
+    assert [d.message_id for d in after.deliveries()] == [first.id, sentinel.id]
+
+
+async def test_deliveries_finishing_out_of_order_are_all_settled(harness: Harness) -> None:
+    """Forty deliveries that finish in shuffled order are each acknowledged once: after a
+    new subscriber takes over, only a message sent afterwards arrives."""
+    sent = [make_message(f"m{n}") for n in range(40)]
+    delays = {m.id: (n * 7 % 11) / 1000 for n, m in enumerate(sent)}
+    handled = Recorder()
+
+    async def handler(message: Message, delivery: Delivery) -> None:
+        await asyncio.sleep(delays[message.id])
+        await handled.record(message, delivery)
+
+    subscription = await harness.bus.subscribe(harness.names.work, handler, prefetch=16)
+    for message in sent:
+        await harness.bus.publish(message, work_route(harness))
+    for message in sent:
+        await handled.wait_for(message.id)
+    await subscription.stop()
+
+    after = Recorder()
+    await harness.bus.subscribe(harness.names.work, after.handler)
+    sentinel = make_message("sentinel")
+    await harness.bus.publish(sentinel, work_route(harness))
+    await after.wait_for(sentinel.id)
+    assert [d.message_id for d in after.deliveries()] == [sentinel.id]

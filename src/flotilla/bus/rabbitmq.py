@@ -6,7 +6,8 @@ the publish timeout expires. Each subscription consumes on its own channel with 
 acknowledgement and runs every delivery through the same chain and outcome table as the
 memory bus (``flotilla.bus.dispatch``); retries and dead-letters are confirmed copies
 published before the original is acknowledged, so a crash in between duplicates a message
-but never loses one.
+but never loses one. Deliveries that finish in the same pass of the event loop are
+acknowledged together (``_Acks``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import (
     AMQPError,
+    ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     PublishError,
@@ -235,11 +237,19 @@ class RabbitBus:
         await self._close_connection()
 
     async def settle(
-        self, message: AbstractIncomingMessage, delivery: Delivery, decision: Decision
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        decision: Decision,
+        acks: _Acks,
     ) -> None:
-        """Carry out the broker action for a finished delivery (see ``flotilla.bus.outcome``)."""
+        """Carry out the broker action for a finished delivery (see ``flotilla.bus.outcome``).
+
+        The acknowledgement goes out with the others of this pass of the loop (``acks``).
+        """
         if decision.action is Action.REQUEUE:
             await message.nack(requeue=True)
+            acks.settled(message)
             return
         if decision.action is Action.RETRY:
             tier = self.policy.retry.tier(delivery.retries)
@@ -247,7 +257,7 @@ class RabbitBus:
         elif decision.action is Action.DEAD_LETTER:
             exchange = self.policy.dead_letter.exchange
             await self._forward(message, delivery, decision, exchange, retries=delivery.retries)
-        await message.ack()
+        acks.ack(message)
 
     def delivery(self, message: AbstractIncomingMessage, queue: str) -> Delivery:
         """Convert an aio-pika delivery from ``queue`` into the port's ``Delivery``."""
@@ -421,6 +431,7 @@ class RabbitSubscription:
         self._chain = chain
         self._channel = channel
         self._tasks: set[asyncio.Task[None]] = set()
+        self._acks = _Acks(queue.name)
         self._consumer_tag: str | None = None
         self._stopped = False
 
@@ -447,6 +458,7 @@ class RabbitSubscription:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._acks.drain()
         # Closing the channel returns prefetched deliveries that never reached a handler.
         with contextlib.suppress(*_TRANSIENT):
             await self._channel.close()
@@ -469,6 +481,7 @@ class RabbitSubscription:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._acks.started(message)
         try:
             await self._handle(message)
         finally:
@@ -478,7 +491,7 @@ class RabbitSubscription:
         delivery = self._bus.delivery(message, self.queue)
         decision = await process(self._chain, delivery, self._bus.policy.retry)
         try:
-            await self._bus.settle(message, delivery, decision)
+            await self._bus.settle(message, delivery, decision, self._acks)
         except Exception as exc:
             # Unsettled means unacknowledged: the broker delivers it again.
             _log.error(
@@ -490,8 +503,100 @@ class RabbitSubscription:
             )
             with contextlib.suppress(*_TRANSIENT):
                 await message.nack(requeue=True)
+                self._acks.settled(message)
         if decision.action is Action.REQUEUE:
             raise asyncio.CancelledError
+
+
+class _Acks:
+    """The acknowledgements of one consumer channel, sent together at the end of a loop pass.
+
+    Deliveries finish out of order. Those finished in one pass of the event loop are
+    acknowledged together: one ``basic.ack`` with ``multiple`` covers every delivery up to
+    the first one still being handled, and each finished delivery after that one is
+    acknowledged on its own, so a slow handler never holds back the others' acks (which
+    would stall the prefetch window). On a consumer's own channel the delivery tags run 1,
+    2, 3, ..., so "every delivery up to" is exact. A reconnection opens a new channel whose
+    tags start again; acks still owed on the old one are dropped, and the broker delivers
+    those messages again.
+    """
+
+    def __init__(self, queue: str) -> None:
+        self._queue = queue
+        self._channel: object = None  # the aiormq channel the tags below are of
+        self._next = 1  # the lowest tag neither acknowledged nor settled otherwise
+        self._finished: dict[int, AbstractIncomingMessage | None] = {}  # None: settled
+        self._flush: asyncio.Handle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def started(self, message: AbstractIncomingMessage) -> None:
+        """A delivery reached its handler; the first one of a new channel starts afresh."""
+        channel = _channel_of(message)
+        if channel is not None and channel is not self._channel:
+            self._channel, self._next = channel, 1
+            self._finished.clear()
+
+    def ack(self, message: AbstractIncomingMessage) -> None:
+        """Acknowledge ``message`` with the others finished in this pass of the loop."""
+        tag = self._tag(message)
+        if tag is not None:
+            self._finished[tag] = message
+            if self._flush is None:
+                self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """``message`` was requeued on its own; a later ``multiple`` ack may pass over it."""
+        tag = self._tag(message)
+        if tag is not None:
+            self._finished[tag] = None
+
+    def flush(self) -> None:
+        """Send the acknowledgements owed now."""
+        self._flush = None
+        last = None
+        while self._next in self._finished:
+            message = self._finished.pop(self._next)
+            if message is not None:
+                last = message
+            self._next += 1
+        if last is not None:
+            self._send(last, multiple=True)
+        for tag, message in self._finished.items():
+            if message is not None:
+                self._send(message, multiple=False)
+                self._finished[tag] = None
+
+    async def drain(self) -> None:
+        """Send what is owed and wait until it is written."""
+        self.flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def _tag(self, message: AbstractIncomingMessage) -> int | None:
+        """The delivery tag, if ``message`` came on the current channel."""
+        if _channel_of(message) is not self._channel:
+            return None  # its channel is gone: the broker delivers it again
+        return message.delivery_tag
+
+    def _send(self, message: AbstractIncomingMessage, *, multiple: bool) -> None:
+        task = asyncio.ensure_future(self._ack(message, multiple=multiple))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _ack(self, message: AbstractIncomingMessage, *, multiple: bool) -> None:
+        try:
+            await message.ack(multiple=multiple)
+        except Exception as exc:
+            # Unacknowledged, the message is delivered again once its channel closes.
+            _log.warning("delivery_ack_failed", queue=self._queue, error=repr(exc))
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object:
+    """The AMQP channel a delivery came on; None once that channel is closed."""
+    try:
+        return message.channel
+    except ChannelInvalidStateError:
+        return None
 
 
 def _queue_arguments(queue: Queue) -> dict[str, Any]:
