@@ -525,7 +525,8 @@ class _Acks:
         self._queue = queue
         self._channel: object = None  # the aiormq channel the tags below are of
         self._next = 1  # the lowest tag neither acknowledged nor settled otherwise
-        self._finished: dict[int, AbstractIncomingMessage | None] = {}  # None: settled
+        self._owed: dict[int, AbstractIncomingMessage] = {}  # finished, ack not sent yet
+        self._settled: set[int] = set()  # above ``_next``, acked or requeued on its own
         self._flush: asyncio.Handle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -534,13 +535,14 @@ class _Acks:
         channel = _channel_of(message)
         if channel is not None and channel is not self._channel:
             self._channel, self._next = channel, 1
-            self._finished.clear()
+            self._owed.clear()
+            self._settled.clear()
 
     def ack(self, message: AbstractIncomingMessage) -> None:
         """Acknowledge ``message`` with the others finished in this pass of the loop."""
         tag = self._tag(message)
         if tag is not None:
-            self._finished[tag] = message
+            self._owed[tag] = message
             if self._flush is None:
                 self._flush = asyncio.get_running_loop().call_soon(self.flush)
 
@@ -548,23 +550,28 @@ class _Acks:
         """``message`` was requeued on its own; a later ``multiple`` ack may pass over it."""
         tag = self._tag(message)
         if tag is not None:
-            self._finished[tag] = None
+            self._settled.add(tag)
 
     def flush(self) -> None:
         """Send the acknowledgements owed now."""
-        self._flush = None
+        if self._flush is not None:
+            self._flush.cancel()  # a no-op when this is that call
+            self._flush = None
         last = None
-        while self._next in self._finished:
-            message = self._finished.pop(self._next)
-            if message is not None:
+        while True:
+            if (message := self._owed.pop(self._next, None)) is not None:
                 last = message
+            elif self._next in self._settled:
+                self._settled.remove(self._next)
+            else:
+                break
             self._next += 1
         if last is not None:
             self._send(last, multiple=True)
-        for tag, message in self._finished.items():
-            if message is not None:
-                self._send(message, multiple=False)
-                self._finished[tag] = None
+        for tag, message in self._owed.items():
+            self._send(message, multiple=False)
+            self._settled.add(tag)
+        self._owed.clear()
 
     async def drain(self) -> None:
         """Send what is owed and wait until it is written."""
