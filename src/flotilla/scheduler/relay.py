@@ -110,14 +110,14 @@ class OutboxRelay:
         self._wake.set()
 
     async def room(self) -> None:
-        """Wait while the relay is behind: its last round sent a full batch, so more waits.
+        """Wait while the relay is behind: it read a full batch and has not caught up since.
 
         The scheduler calls this before taking on new work. Deciding faster than the relay
         publishes only grows the outbox: decisions sit there, unseen by the sites, while
         each publish waits its turn behind more decisions (seconds, at a few hundred
-        requests per second). Waiting here keeps a decision's command a batch or so
-        behind it. A round that sends nothing (every entry held back) does not count as
-        behind, so parked entries never stop the scheduler taking work.
+        requests per second). Waiting here keeps a decision's command about a batch
+        behind it. A round that sends nothing (every entry held back) ends the wait, so
+        parked entries never stop the scheduler taking work.
         """
         if self._running and not self._stopping.is_set():
             await self._caught_up.wait()
@@ -133,7 +133,6 @@ class OutboxRelay:
                 # Cleared before reading, so a commit made while relaying is not missed.
                 self._wake.clear()
                 if await self._relay_batch():
-                    self._caught_up.clear()
                     continue  # a full batch: there may be more right away
                 self._caught_up.set()
                 await self._wait(self._wake, self._poll)
@@ -163,6 +162,8 @@ class OutboxRelay:
         entries = await self._call_store(lambda: self._store.pending(limit))
         if entries is None:
             return False
+        if len(entries) >= limit:
+            self._caught_up.clear()  # a full batch: new work waits while it goes out
         groups: dict[str, list[OutboxEntry]] = {}
         for entry in entries:
             groups.setdefault(_ordering_key(entry), []).append(entry)
