@@ -5,23 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from flotilla.scheduler.placement import Candidate
-from flotilla.scheduler.tosca.requirement import NodeRequirements, TemplateRequirements
+from flotilla.scheduler.tosca.requirement import (
+    NodeRequirements,
+    TemplateRequirements,
+    jsonable,
+)
 from flotilla.schemas import PlannedNode, SitePlan
 
 
 def site_plan(requirements: TemplateRequirements, candidate: Candidate, group: str) -> SitePlan:
     """The plan for one site: every node with the flavor and image chosen for that site."""
-    as_json = requirements.as_json()
-    nodes_json = {node["name"]: node for node in as_json["nodes"]}
     return SitePlan(
-        nodes=[_planned(node, candidate, nodes_json[node.name]) for node in requirements.nodes],
-        outputs=as_json["outputs"],
+        nodes=[_planned(node, candidate) for node in requirements.nodes],
+        outputs=jsonable(requirements.outputs),
         group=group,
     )
 
 
-def _planned(node: NodeRequirements, candidate: Candidate, as_json: dict[str, Any]) -> PlannedNode:
-    properties = dict(as_json["properties"])
+def _planned(node: NodeRequirements, candidate: Candidate) -> PlannedNode:
+    properties: dict[str, Any] = jsonable(node.properties)
     if node.container_image:
         properties.setdefault("container_image", node.container_image)
     if node.host:

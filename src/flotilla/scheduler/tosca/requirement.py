@@ -100,10 +100,10 @@ class TemplateRequirements:
         """A JSON-ready mapping (pydantic models dumped, durations in seconds)."""
         return {
             "digest": self.digest,
-            "nodes": [_jsonable(_node_dict(node)) for node in self.nodes],
-            "placements": [_jsonable(asdict(p)) for p in self.placements],
-            "inputs": _jsonable(self.inputs),
-            "outputs": _jsonable(self.outputs),
+            "nodes": [jsonable(_node_dict(node)) for node in self.nodes],
+            "placements": [jsonable(asdict(p)) for p in self.placements],
+            "inputs": jsonable(self.inputs),
+            "outputs": jsonable(self.outputs),
             "warnings": list(self.warnings),
         }
 
@@ -119,11 +119,12 @@ def _node_dict(node: NodeRequirements) -> dict[str, Any]:
     return data
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with durations as seconds, dates as ISO text, tuples as lists, keys as text."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, datetime | date):
