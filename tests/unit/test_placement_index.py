@@ -162,12 +162,12 @@ def test_claim_book_totals_follow_claims_and_reports() -> None:
     usage = total_usage(template(vm(cpus=4)))
     book.claim("a/1", site="alpha", group="g", usage=usage)
     book.claim("b/1", site="alpha", group="h", usage=usage)
-    before = book.revision("alpha")
+    before = book.changes.end
     assert book.held("alpha")["cores"] == 8
     assert book.totals("alpha", "g")["cores"] == 4
     book.release("b/1")
     assert book.held("alpha")["cores"] == 4
-    assert book.revision("alpha") != before
+    assert book.changes.since(before) == ["alpha"]
     book.settle("a/1", Clock().now)
     book.site_reported("alpha", Clock().now + timedelta(seconds=1))
     assert book.held("alpha") == {}

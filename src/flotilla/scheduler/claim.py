@@ -38,8 +38,6 @@ class ClaimBook:
         self._by_site: dict[str, dict[str, _Claim]] = {}
         # Totals per site, for all groups (key None) and per group; dropped on any change.
         self._totals: dict[str, dict[str | None, Usage]] = {}
-        self._revisions: dict[str, int] = {}
-        self._revision = 0
         self.changes = ChangeLog()  # names each site whose claims changed
         self._applicable: dict[str, tuple[Capacity, dict[str, dict[str, QuotaUsage]]]] = {}
 
@@ -53,7 +51,7 @@ class ClaimBook:
         for total_group, total in self._totals.get(site, {}).items():
             if total_group is None or total_group == group:
                 total.update(claim.usage)
-        self._changed(site)
+        self.changes.add(site)
 
     def release(self, key: str) -> None:
         """Drop a claim: the attempt failed, was released, or never started."""
@@ -117,10 +115,6 @@ class ClaimBook:
             quotas = kept[1][group] = _applicable_quotas(capacity, group)
         return quotas
 
-    def revision(self, site: str) -> int:
-        """A number that changes whenever the claims held at ``site`` change."""
-        return self._revisions.get(site, 0)
-
     def _total(self, site: str, group: str | None) -> Usage:
         per_site = self._totals.setdefault(site, {})
         total = per_site.get(group)
@@ -139,11 +133,6 @@ class ClaimBook:
             if not claims:
                 del self._by_site[site]
         self._totals.pop(site, None)
-        self._changed(site)
-
-    def _changed(self, site: str) -> None:
-        self._revision += 1
-        self._revisions[site] = self._revision
         self.changes.add(site)
 
 

@@ -188,16 +188,10 @@ def _fitted(
 
 @dataclass(slots=True, kw_only=True)
 class _SiteMemo:
-    """Outcomes at one site by request key, valid while its report, claims and stats hold."""
+    """Why a site without an SLA is rejected, by request key, while its report holds."""
 
     capacity: Capacity | None
-    claims: int
-    stats: SiteStats
-    outcomes: dict[int, _Outcome] = field(default_factory=dict)
-
-    def is_current(self, capacity: Capacity | None, claims: int, stats: SiteStats) -> bool:
-        """Whether the memo was made from this report, claims revision and stats."""
-        return self.capacity is capacity and self.claims == claims and self.stats is stats
+    reasons: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 _Entry = tuple[float, str, Candidate]  # (-score, site, candidate): best first when sorted
@@ -279,7 +273,7 @@ class Placer:
         self._fits = FitCache()
         self._keys: dict[tuple[object, ...], int] = {}
         self._pins: dict[tuple[str, str | None, str | None], dict[str, Sla]] = {}
-        self._memos: dict[str, _SiteMemo] = {}  # outcomes at sites without an SLA
+        self._memos: dict[str, _SiteMemo] = {}  # reasons at sites without an SLA
         self._stat_changes = ChangeLog()
         self._boards: dict[int, _Board] = {}
 
@@ -399,19 +393,17 @@ class Placer:
             chosen = self._pins[kind] = _pinned(self._by_group.get(request.group, {}), pin)
         return chosen
 
-    def _outcome(self, view: SiteView, run: _Pass, sla: Sla | None) -> _Outcome:
+    def _reasons_without_sla(self, view: SiteView, run: _Pass) -> tuple[str, ...]:
+        """A site without an SLA for the request is ruled out by its report alone."""
         memo = self._memos.get(view.name)
-        claims = self.claims.revision(view.name)
-        stats = self._stats.get(view.name, _NO_STATS)
-        if memo is None or not memo.is_current(view.capacity, claims, stats):
-            memo = _SiteMemo(capacity=view.capacity, claims=claims, stats=stats)
-            self._memos[view.name] = memo
-        outcome = memo.outcomes.get(run.key)
-        if outcome is None:
-            if len(memo.outcomes) >= _MAX_OUTCOMES:
-                memo.outcomes.clear()
-            outcome = memo.outcomes[run.key] = self._judge(view, run, sla, stats)
-        return outcome
+        if memo is None or memo.capacity is not view.capacity:
+            memo = self._memos[view.name] = _SiteMemo(capacity=view.capacity)
+        reasons = memo.reasons.get(run.key)
+        if reasons is None:
+            if len(memo.reasons) >= _MAX_OUTCOMES:
+                memo.reasons.clear()
+            reasons = memo.reasons[run.key] = self._fit(view, run, None).reasons
+        return reasons
 
     def _judge(
         self,
@@ -497,7 +489,7 @@ class Placer:
                 continue
             reasons = (
                 *_live_reasons(self.registry, view, run),
-                *self._outcome(view, run, None).reasons,
+                *self._reasons_without_sla(view, run),
             )
             found.append(Rejection(site=name, reasons=reasons))
             if len(found) == count:
