@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -519,6 +520,11 @@ class _Acks:
     2, 3, ..., so "every delivery up to" is exact. A reconnection opens a new channel whose
     tags start again; acks still owed on the old one are dropped, and the broker delivers
     those messages again.
+
+    Acks leave one after another, each written before the next is handed to aiormq. Its
+    frame buffer is small and, when full, lets a later frame overtake one waiting for room;
+    an ack ``multiple`` up to 600 overtaking an earlier one up to 587 would make the broker
+    close the channel over the now unknown tag 587.
     """
 
     def __init__(self, queue: str) -> None:
@@ -528,7 +534,8 @@ class _Acks:
         self._owed: dict[int, AbstractIncomingMessage] = {}  # finished, ack not sent yet
         self._settled: set[int] = set()  # above ``_next``, acked or requeued on its own
         self._flush: asyncio.Handle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._outgoing: deque[tuple[AbstractIncomingMessage, bool]] = deque()  # in order
+        self._sender: asyncio.Task[None] | None = None
 
     def started(self, message: AbstractIncomingMessage) -> None:
         """A delivery reached its handler; the first one of a new channel starts afresh."""
@@ -576,8 +583,8 @@ class _Acks:
     async def drain(self) -> None:
         """Send what is owed and wait until it is written."""
         self.flush()
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
 
     def _tag(self, message: AbstractIncomingMessage) -> int | None:
         """The delivery tag, if ``message`` came on the current channel."""
@@ -586,16 +593,21 @@ class _Acks:
         return message.delivery_tag
 
     def _send(self, message: AbstractIncomingMessage, *, multiple: bool) -> None:
-        task = asyncio.ensure_future(self._ack(message, multiple=multiple))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._outgoing.append((message, multiple))
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_in_order())
 
-    async def _ack(self, message: AbstractIncomingMessage, *, multiple: bool) -> None:
+    async def _send_in_order(self) -> None:
         try:
-            await message.ack(multiple=multiple)
-        except Exception as exc:
-            # Unacknowledged, the message is delivered again once its channel closes.
-            _log.warning("delivery_ack_failed", queue=self._queue, error=repr(exc))
+            while self._outgoing:
+                message, multiple = self._outgoing.popleft()
+                try:
+                    await message.ack(multiple=multiple)
+                except Exception as exc:
+                    # Unacknowledged, the message is delivered again once its channel closes.
+                    _log.warning("delivery_ack_failed", queue=self._queue, error=repr(exc))
+        finally:
+            self._sender = None
 
 
 def _channel_of(message: AbstractIncomingMessage) -> object:
