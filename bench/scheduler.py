@@ -32,11 +32,15 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, cast
+from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 import psutil
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
 
 from broker_cleanup import delete_topology
 from flotilla import runtime
@@ -86,6 +90,7 @@ from flotilla.schemas import (
     SiteKind,
     SiteLease,
     WorkloadKind,
+    encode,
     new_id,
 )
 from flotilla.settings import EventLoop, LogSettings
@@ -474,21 +479,21 @@ class Tally:
         self.arrived: dict[str, float] = {}
         self.done = asyncio.Event()
 
-    def command(self, delivery: Delivery) -> None:
+    def command(self, routing_key: str, deployment_id: str) -> None:
         """A command reached the catch-all commands queue."""
-        if delivery.routing_key.endswith(".provision"):
+        if routing_key.endswith(".provision"):
             self.provisions += 1
-            self._arrived(delivery)
+            self._arrived(deployment_id)
 
-    def event(self, delivery: Delivery) -> None:
+    def event(self, routing_key: str, deployment_id: str) -> None:
         """An event reached the catch-all events queue."""
         self.events += 1
-        if delivery.routing_key.endswith(".create_failed"):
+        if routing_key.endswith(".create_failed"):
             self.failures += 1
-            self._arrived(delivery)
+            self._arrived(deployment_id)
 
-    def _arrived(self, delivery: Delivery) -> None:
-        self.arrived[json.loads(delivery.body)["correlationid"]] = time.perf_counter()
+    def _arrived(self, deployment_id: str) -> None:
+        self.arrived[deployment_id] = time.perf_counter()
         self._check()
 
     def _check(self) -> None:
@@ -613,9 +618,8 @@ async def run_scheduler(options: Options) -> RunResult:
                 else:
                     portal, sinks = bus("portal"), bus("sinks")
                     async with portal, sinks:
-                        load = await drive(
-                            options, names, portal=portal, sites=site_bus, sinks=sinks
-                        )
+                        outside = BusOutside(portal=portal, sinks=sinks)
+                        load = await drive(options, names, outside=outside, sites=site_bus)
                 cpu = time.process_time() - cpu
                 after = broker_cpu()
                 beam = after - beam if after is not None and beam is not None else None
@@ -649,17 +653,18 @@ def _bus(
 
 
 async def drive(
-    options: Options, names: BenchTopology, *, portal: Bus, sites: Bus, sinks: Bus
+    options: Options, names: BenchTopology, *, outside: Outside, sites: Bus
 ) -> LoadResult:
     """Count commands and events, keep sites reporting, send every request, await the last."""
     workload = make_workload(options)
     tally = Tally(options.requests)
-    await sinks.subscribe_raw(names.commands, _counting(tally.command), prefetch=512)
-    await sinks.subscribe_raw(names.events, _counting(tally.event), prefetch=512)
+    await outside.count(names.commands, tally.command)
+    await outside.count(names.events, tally.event)
+    outside.prepare(workload.requests)
     async with asyncio.TaskGroup() as tasks:
         churn = tasks.create_task(keep_reporting(sites, workload.sites, options.churn))
         start, cpu = time.perf_counter(), time.process_time()
-        await publish_bounded(portal, workload.requests, options.concurrency)
+        await outside.send(options.concurrency)
         published = time.perf_counter()
         async with asyncio.timeout(600):
             await tally.done.wait()
@@ -673,6 +678,148 @@ async def drive(
         arrived=tally.arrived,
         cpu=time.process_time() - cpu,
     )
+
+
+# --- The world outside the scheduler -------------------------------------------------------
+
+Seen = Callable[[str, str], None]  # (routing key, deployment id) of a message that arrived
+
+
+class Outside(Protocol):
+    """Upstream services sending requests, and the sites and event consumers receiving."""
+
+    async def count(self, queue: str, seen: Seen) -> None:
+        """Report every message arriving on ``queue`` to ``seen``."""
+        ...
+
+    def prepare(self, requests: Sequence[DeploymentRequested]) -> None:
+        """Get ``requests`` ready to send, before the clock starts."""
+        ...
+
+    async def send(self, concurrency: int) -> None:
+        """Send the prepared requests, ``concurrency`` unconfirmed at most."""
+        ...
+
+
+class BusOutside:
+    """The outside world on a Flotilla ``Bus`` (the memory bus, in the scheduler's process)."""
+
+    def __init__(self, *, portal: Bus, sinks: Bus) -> None:
+        self._portal = portal
+        self._sinks = sinks
+        self._requests: Sequence[DeploymentRequested] = ()
+
+    async def count(self, queue: str, seen: Seen) -> None:
+        """Consume ``queue`` on the sinks bus."""
+
+        async def handler(delivery: Delivery) -> None:
+            seen(delivery.routing_key, json.loads(delivery.body)["correlationid"])
+
+        await self._sinks.subscribe_raw(queue, handler, prefetch=512)
+
+    def prepare(self, requests: Sequence[DeploymentRequested]) -> None:
+        """Keep ``requests``; the bus encodes each as it publishes."""
+        self._requests = requests
+
+    async def send(self, concurrency: int) -> None:
+        """Publish through the portal bus."""
+        await publish_bounded(self._portal, self._requests, concurrency)
+
+
+class WireOutside:
+    """The outside world speaking AMQP with as little client work as it can.
+
+    In a federation the upstream services, agents and event consumers run on machines of
+    their own; here they share the two cores with the scheduler and the broker, so their
+    client work is kept small: requests are encoded before the clock starts and published
+    straight on aiormq's channel (persistent, mandatory, confirmed, with the properties
+    ``RabbitBus`` sets), and the counting queues are read without building Flotilla
+    deliveries, acknowledged together at the end of each pass of the event loop.
+    """
+
+    def __init__(self, url: str, names: Mapping[str, str]) -> None:
+        self._url = url
+        self._names = names
+        self._user = urlsplit(url).username
+        self._connection: AbstractRobustConnection | None = None
+        self._prepared: list[tuple[bytes, Route, spec.Basic.Properties]] = []
+
+    async def __aenter__(self) -> Self:
+        self._connection = await aio_pika.connect_robust(self._url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def count(self, queue: str, seen: Seen) -> None:
+        """Consume ``queue`` on a channel of its own. The callback finishes deliveries in tag
+        order, so one ``multiple`` ack covers all those seen; acks go one at a time, since
+        aiormq's full frame buffer would let a later one overtake an earlier one."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=512)
+        wire = cast(aiormq.Channel, await channel.get_underlay_channel())
+        highest = 0  # the highest tag seen
+        sent = 0  # the highest tag acknowledged
+        sending: asyncio.Task[None] | None = None
+
+        async def acknowledge() -> None:
+            nonlocal sending, sent
+            while sent < highest:
+                sent = highest
+                await wire.basic_ack(sent, multiple=True)
+            sending = None
+
+        async def on_message(message: DeliveredMessage) -> None:
+            nonlocal highest, sending
+            seen(message.routing_key or "", message.header.properties.correlation_id or "")
+            highest = message.delivery_tag or highest
+            if sending is None:
+                sending = asyncio.ensure_future(acknowledge())
+
+        await wire.basic_consume(self._names.get(queue, queue), on_message)
+
+    def prepare(self, requests: Sequence[DeploymentRequested]) -> None:
+        """Encode every request with its AMQP properties."""
+        self._prepared = [
+            (
+                encode(message),
+                route(message),
+                spec.Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=2,
+                    message_id=message.id,
+                    message_type=message.type,
+                    correlation_id=message.correlationid,
+                    timestamp=message.time,
+                    user_id=self._user,
+                ),
+            )
+            for message in requests
+        ]
+
+    async def send(self, concurrency: int) -> None:
+        """Publish the prepared requests; a refused or unroutable one fails the run."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        wire = cast(aiormq.Channel, await channel.get_underlay_channel())
+        pending = iter(self._prepared)
+
+        async def worker() -> None:
+            for body, target, properties in pending:
+                await wire.basic_publish(
+                    body,
+                    exchange=self._names[target.exchange],
+                    routing_key=target.routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    wait=False,
+                )
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
 
 
 async def load_in_child(options: Options, names: BenchTopology) -> LoadResult:
@@ -692,21 +839,13 @@ def _child(
 ) -> None:
     async def run() -> LoadResult:
         async with (
-            _bus(options, names, "portal", None) as portal,
+            WireOutside(options.url, names.names) as outside,
             _bus(options, names, "sites-churn", None) as sites,
-            _bus(options, names, "sinks", None) as sinks,
         ):
-            return await drive(options, names, portal=portal, sites=sites, sinks=sinks)
+            return await drive(options, names, outside=outside, sites=sites)
 
     configure_logging(LogSettings(level="warning"))
     results.put(runtime.run(run(), loop=options.loop))
-
-
-def _counting(count: Callable[[Delivery], None]) -> RawHandler:
-    async def handler(delivery: Delivery) -> None:
-        count(delivery)
-
-    return handler
 
 
 @contextlib.asynccontextmanager
