@@ -17,13 +17,13 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -37,6 +37,7 @@ from aio_pika.exceptions import (
     PublishError,
 )
 from aiormq.exceptions import ChannelAccessRefused
+from pamqp.commands import Basic
 
 from flotilla.bus.dispatch import RETRIES_HEADER, failure_headers, process
 from flotilla.bus.middleware import build_chain, build_raw_chain
@@ -57,7 +58,8 @@ _log = structlog.get_logger("flotilla.bus")
 SENDER_HEADER = "x-flotilla-sender"
 """The original sender of a retried or dead-lettered copy (the copy's user_id is ours)."""
 
-_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+Properties = Basic.Properties
+_PERSISTENT = 2  # delivery mode: written to disk
 # Headers the broker owns; a republished copy must not carry the previous queue's history.
 _BROKER_HEADERS = ("x-death", "x-first-death", "x-last-death", "x-delivery-count")
 # Errors after which the same publish may succeed once the robust connection is back.
@@ -100,7 +102,6 @@ class RabbitBus:
         self._state = BusState.UNOPENED
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._subscriptions: list[RabbitSubscription] = []
 
     @classmethod
@@ -197,19 +198,22 @@ class RabbitBus:
             BusUnavailableError: not confirmed within the publish timeout.
         """
         self._require_open()
-        amqp_message = aio_pika.Message(
-            body=encode(message),
+        properties = Properties(
             headers=dict(headers) if headers else None,
             content_type="application/json",
             delivery_mode=_PERSISTENT,
             message_id=message.id,
-            type=getattr(message, "type", None),
+            message_type=getattr(message, "type", None),
             correlation_id=message.correlationid,
             timestamp=message.time,
             user_id=self._user,
         )
         await self._publish(
-            amqp_message, route.exchange, route.routing_key, mandatory=route.mandatory
+            encode(message),
+            properties,
+            route.exchange,
+            route.routing_key,
+            mandatory=route.mandatory,
         )
 
     async def subscribe(
@@ -297,22 +301,22 @@ class RabbitBus:
         }
         if delivery.user_id is not None:
             headers[SENDER_HEADER] = delivery.user_id
-        copy = aio_pika.Message(
-            body=message.body,
+        properties = Properties(
             headers=headers,
             content_type=message.content_type,
             delivery_mode=_PERSISTENT,
             message_id=message.message_id,
-            type=message.type,
+            message_type=message.type,
             correlation_id=message.correlation_id,
             timestamp=message.timestamp,
             user_id=self._user,
         )
-        await self._publish(copy, exchange, delivery.queue)
+        await self._publish(message.body, properties, exchange, delivery.queue)
 
     async def _publish(
         self,
-        message: aio_pika.Message,
+        body: bytes,
+        properties: Properties,
         exchange: str,
         routing_key: str,
         *,
@@ -329,7 +333,7 @@ class RabbitBus:
                 while True:
                     try:
                         await self._publish_once(
-                            channel, message, exchange, routing_key, mandatory=mandatory
+                            channel, body, properties, exchange, routing_key, mandatory=mandatory
                         )
                     except _TRANSIENT as exc:
                         last_error = exc
@@ -350,15 +354,25 @@ class RabbitBus:
     async def _publish_once(
         self,
         channel: AbstractRobustChannel,
-        message: aio_pika.Message,
+        body: bytes,
+        properties: Properties,
         exchange: str,
         routing_key: str,
         *,
         mandatory: bool,
     ) -> None:
+        # Straight on aiormq's channel: aio-pika's Message and Exchange would only rebuild
+        # these properties. ``wait=False`` skips waiting for the frame to be written on its
+        # own, as the broker's confirm comes after it anyway.
         try:
-            await self._exchange(channel, exchange).publish(
-                message, routing_key, mandatory=mandatory
+            wire = cast(aiormq.Channel, await channel.get_underlay_channel())
+            await wire.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=mandatory,
+                wait=False,
             )
         except PublishError as exc:
             raise UnroutableMessageError(
@@ -368,15 +382,6 @@ class RabbitBus:
             raise UnroutableMessageError(f"cannot publish to {exchange!r}: {exc}") from exc
         except (ChannelAccessRefused, ChannelPreconditionFailed) as exc:
             raise PermanentError(f"RabbitMQ refused a message to {exchange!r}: {exc}") from exc
-
-    def _exchange(self, channel: AbstractRobustChannel, name: str) -> AbstractExchange:
-        # A handle, not a declaration: publishing only needs the name and the channel,
-        # and the robust channel swaps its underlying channel in place on reconnection.
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            exchange = aio_pika.Exchange(channel, name, passive=True)
-            self._exchanges[name] = exchange
-        return exchange
 
     async def _start(self, queue: str, chain: Next, prefetch: int) -> RabbitSubscription:
         self._require_open()
