@@ -9,45 +9,45 @@ would when it arrives, closing the channel over a tag that is no longer outstand
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
-
-from aio_pika.abc import AbstractIncomingMessage
+from dataclasses import dataclass
+from typing import Any
 
 from flotilla.bus.rabbitmq import _Acks
 
 
 class FakeChannel:
-    """Outstanding delivery tags, acknowledged by the rules of AMQP 0-9-1."""
+    """Outstanding delivery tags, acknowledged by the rules of AMQP 0-9-1.
 
-    def __init__(self, tags: int) -> None:
+    ``writes``: how long the ack of each tag takes to reach the broker (default none).
+    """
+
+    def __init__(self, tags: int, writes: dict[int, float]) -> None:
         self.outstanding = set(range(1, tags + 1))
+        self.writes = writes
         self.written: list[tuple[int, bool]] = []
         self.error: str | None = None
+        self.is_closed = False
 
-    def receive(self, tag: int, *, multiple: bool) -> None:
-        self.written.append((tag, multiple))
-        if tag not in self.outstanding:
-            self.error = self.error or f"PRECONDITION_FAILED - unknown delivery tag {tag}"
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        await asyncio.sleep(self.writes.get(delivery_tag, 0.0))
+        self.written.append((delivery_tag, multiple))
+        if delivery_tag not in self.outstanding:
+            self.error = self.error or f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}"
             return
-        covered = {t for t in self.outstanding if t <= tag} if multiple else {tag}
-        self.outstanding -= covered
+        tags = self.outstanding
+        self.outstanding -= {t for t in tags if t <= delivery_tag} if multiple else {delivery_tag}
 
 
+@dataclass(frozen=True, slots=True)
 class FakeDelivery:
-    """A delivery whose ack takes ``write`` seconds to reach the broker."""
+    """What ``_Acks`` reads of a delivery: its channel and tag."""
 
-    def __init__(self, channel: FakeChannel, tag: int, write: float) -> None:
-        self.channel = channel
-        self.delivery_tag = tag
-        self._write = write
-
-    async def ack(self, multiple: bool = False) -> None:
-        await asyncio.sleep(self._write)
-        self.channel.receive(self.delivery_tag, multiple=multiple)
+    channel: FakeChannel
+    delivery_tag: int
 
 
-def deliveries(channel: FakeChannel, writes: dict[int, float]) -> list[Any]:
-    return [FakeDelivery(channel, tag, writes.get(tag, 0.0)) for tag in sorted(channel.outstanding)]
+def deliveries(channel: FakeChannel) -> list[Any]:
+    return [FakeDelivery(channel, tag) for tag in sorted(channel.outstanding)]
 
 
 async def pass_of_the_loop() -> None:
@@ -56,12 +56,12 @@ async def pass_of_the_loop() -> None:
 
 
 async def test_acks_reach_the_broker_in_the_order_they_were_sent() -> None:
-    channel = FakeChannel(tags=6)
     # The first batch's ack is slow to be written, the second's is quick.
-    messages = deliveries(channel, writes={3: 0.05})
+    channel = FakeChannel(tags=6, writes={3: 0.05})
+    messages = deliveries(channel)
     acks = _Acks("q")
     for message in messages:
-        acks.started(cast(AbstractIncomingMessage, message))
+        acks.started(message)
     for message in messages[:3]:
         acks.ack(message)
     await pass_of_the_loop()  # ack multiple up to 3 is on its way
@@ -76,11 +76,11 @@ async def test_acks_reach_the_broker_in_the_order_they_were_sent() -> None:
 
 
 async def test_acks_behind_a_slow_delivery_do_not_overtake_each_other() -> None:
-    channel = FakeChannel(tags=6)
-    messages = deliveries(channel, writes={4: 0.05})
+    channel = FakeChannel(tags=6, writes={4: 0.05})
+    messages = deliveries(channel)
     acks = _Acks("q")
     for message in messages:
-        acks.started(cast(AbstractIncomingMessage, message))
+        acks.started(message)
     # Delivery 2 is still being handled: 1 goes with multiple, 4 and 5 on their own.
     for tag in (1, 4, 5):
         acks.ack(messages[tag - 1])

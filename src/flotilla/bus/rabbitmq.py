@@ -24,18 +24,16 @@ import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustQueue,
 )
 from aio_pika.exceptions import (
     AMQPError,
-    ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     PublishError,
 )
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 
@@ -127,6 +125,11 @@ class RabbitBus:
     def state(self) -> BusState:
         """Whether the bus is open."""
         return self._state
+
+    @property
+    def reconnect_interval(self) -> float:
+        """Seconds between attempts to reconnect, or to consume again."""
+        return self._reconnect_interval
 
     @property
     def user(self) -> str | None:
@@ -243,7 +246,7 @@ class RabbitBus:
 
     async def settle(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         delivery: Delivery,
         decision: Decision,
         acks: _Acks,
@@ -253,7 +256,7 @@ class RabbitBus:
         The acknowledgement goes out with the others of this pass of the loop (``acks``).
         """
         if decision.action is Action.REQUEUE:
-            await message.nack(requeue=True)
+            await _requeue(message)
             acks.settled(message)
             return
         if decision.action is Action.RETRY:
@@ -264,30 +267,33 @@ class RabbitBus:
             await self._forward(message, delivery, decision, exchange, retries=delivery.retries)
         acks.ack(message)
 
-    def delivery(self, message: AbstractIncomingMessage, queue: str) -> Delivery:
-        """Convert an aio-pika delivery from ``queue`` into the port's ``Delivery``."""
-        headers: dict[str, Any] = dict(message.headers or {})
-        user_id = message.user_id
+    def delivery(self, message: DeliveredMessage, queue: str) -> Delivery:
+        """Convert an aiormq delivery from ``queue`` into the port's ``Delivery``."""
+        properties = message.header.properties
+        headers: dict[str, Any] = dict(properties.headers or {})
+        user_id = properties.user_id
         sender = headers.get(SENDER_HEADER)
         # Only a copy we forwarded ourselves (user_id is our login, which the broker
         # vouches for) may speak for its original sender; anyone else's header is a claim.
         if isinstance(sender, str) and user_id is not None and user_id == self._user:
             user_id = sender
+        frame = message.delivery
+        assert isinstance(frame, Basic.Deliver)
         return Delivery(
             body=message.body,
             queue=queue,
-            exchange=message.exchange or "",
-            routing_key=message.routing_key or "",
-            message_id=message.message_id,
+            exchange=frame.exchange or "",
+            routing_key=frame.routing_key or "",
+            message_id=properties.message_id,
             user_id=user_id,
             headers=headers,
-            redelivered=bool(message.redelivered),
+            redelivered=bool(frame.redelivered),
             retries=_retries(headers.get(RETRIES_HEADER)),
         )
 
     async def _forward(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         delivery: Delivery,
         decision: Decision,
         exchange: str,
@@ -301,14 +307,15 @@ class RabbitBus:
         }
         if delivery.user_id is not None:
             headers[SENDER_HEADER] = delivery.user_id
+        original = message.header.properties
         properties = Properties(
             headers=headers,
-            content_type=message.content_type,
+            content_type=original.content_type,
             delivery_mode=_PERSISTENT,
-            message_id=message.message_id,
-            message_type=message.type,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
+            message_id=original.message_id,
+            message_type=original.message_type,
+            correlation_id=original.correlation_id,
+            timestamp=original.timestamp,
             user_id=self._user,
         )
         await self._publish(message.body, properties, exchange, delivery.queue)
@@ -388,8 +395,8 @@ class RabbitBus:
         channel = await self._open_channel(publisher_confirms=False)
         try:
             await channel.set_qos(prefetch_count=prefetch)
-            amqp_queue = await channel.declare_queue(queue, passive=True)
-            subscription = RabbitSubscription(self, amqp_queue, chain, channel)
+            await channel.declare_queue(queue, passive=True, robust=False)
+            subscription = RabbitSubscription(self, queue, chain, channel)
             await subscription.start()
         except BaseException as exc:
             with contextlib.suppress(*_TRANSIENT):
@@ -423,12 +430,18 @@ class RabbitBus:
 
 
 class RabbitSubscription:
-    """Consumes one queue on its own channel, each delivery handled in a tracked task."""
+    """Consumes one queue on its own channel, each delivery handled in a tracked task.
+
+    It consumes on aiormq's channel under the robust one: aio-pika's consumer would wrap
+    each delivery in an ``IncomingMessage`` and a second task. So the subscription itself
+    consumes again whenever the robust channel reopens after a reconnection, and when the
+    broker cancels the consumer (the queue was deleted, say), until the queue is back.
+    """
 
     def __init__(
         self,
         bus: RabbitBus,
-        queue: AbstractRobustQueue,
+        queue: str,
         chain: Next,
         channel: AbstractRobustChannel,
     ) -> None:
@@ -437,18 +450,20 @@ class RabbitSubscription:
         self._chain = chain
         self._channel = channel
         self._tasks: set[asyncio.Task[None]] = set()
-        self._acks = _Acks(queue.name)
-        self._consumer_tag: str | None = None
+        self._acks = _Acks(queue)
+        self._consumer: tuple[aiormq.abc.AbstractChannel, str] | None = None
+        self._again: asyncio.Future[None] | None = None  # consuming again, after a cancel
         self._stopped = False
 
     @property
     def queue(self) -> str:
         """The queue consumed."""
-        return self._queue.name
+        return self._queue
 
     async def start(self) -> None:
-        """Start consuming; the robust channel consumes again after a reconnection."""
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        """Start consuming, and consume again each time the robust channel reopens."""
+        await self._consume()
+        self._channel.reopen_callbacks.add(self._reopened)
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop intake, let in-flight deliveries finish up to ``timeout``, cancel the rest.
@@ -458,6 +473,9 @@ class RabbitSubscription:
         if self._stopped:
             return
         self._stopped = True
+        self._channel.reopen_callbacks.discard(self._reopened)
+        if self._again is not None:
+            self._again.cancel()
         await self._cancel_consumer(timeout)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
@@ -469,20 +487,61 @@ class RabbitSubscription:
         with contextlib.suppress(*_TRANSIENT):
             await self._channel.close()
 
-    async def _cancel_consumer(self, limit: float) -> None:
-        if self._consumer_tag is None:
+    async def _consume(self) -> None:
+        wire = await self._channel.get_underlay_channel()
+        wire.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        consumed = await wire.basic_consume(self._queue, self._on_message)
+        assert consumed.consumer_tag is not None
+        self._consumer = (wire, consumed.consumer_tag)
+
+    def _reopened(self, *_: object) -> None:
+        self._consume_again()
+
+    def _cancelled_by_broker(self, frame: Basic.Cancel) -> None:
+        consumer = self._consumer
+        if consumer is not None and frame.consumer_tag == consumer[1]:
+            _log.warning("consumer_cancelled_by_broker", queue=self.queue)
+            self._consumer = None
+            self._consume_again()
+
+    def _consume_again(self) -> None:
+        """Consume again, in a task of its own, until it works or the subscription stops.
+
+        Not inside the robust channel's reopening: a consume the broker refuses (no such
+        queue) closes the channel, and a channel that closes while it reopens stays closed.
+        """
+        if self._stopped or (self._again is not None and not self._again.done()):
             return
+        self._again = asyncio.ensure_future(self._keep_consuming_again())
+
+    async def _keep_consuming_again(self) -> None:
+        while not self._stopped:
+            try:
+                await self._channel.ready()
+                await self._consume()
+            except Exception as exc:
+                # Refused (the queue is gone, say): the channel closes and reopens, and
+                # this tries again, no faster than reconnecting.
+                _log.warning("consume_again_failed", queue=self.queue, error=repr(exc))
+                await asyncio.sleep(self._bus.reconnect_interval)
+            else:
+                return
+
+    async def _cancel_consumer(self, limit: float) -> None:
+        if self._consumer is None:
+            return
+        wire, tag = self._consumer
         try:
             async with asyncio.timeout(limit):
-                await self._queue.cancel(self._consumer_tag)
+                await wire.basic_cancel(tag)
         except (TimeoutError, *_TRANSIENT) as exc:
             # The channel close below stops the consumer as well.
             _log.warning("consumer_cancel_failed", queue=self.queue, error=repr(exc))
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: DeliveredMessage) -> None:
         if self._stopped:
             return  # left unacknowledged: the channel close hands it back to the broker
-        # aio-pika already runs each delivery in a task of its own; tracking that task lets
+        # aiormq already runs each delivery in a task of its own; tracking that task lets
         # stop() drain and cancel exactly the deliveries in flight without a second task.
         task = asyncio.current_task()
         assert task is not None
@@ -493,7 +552,7 @@ class RabbitSubscription:
         finally:
             self._tasks.discard(task)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: DeliveredMessage) -> None:
         delivery = self._bus.delivery(message, self.queue)
         decision = await process(self._chain, delivery, self._bus.policy.retry)
         try:
@@ -508,7 +567,7 @@ class RabbitSubscription:
                 error=repr(exc),
             )
             with contextlib.suppress(*_TRANSIENT):
-                await message.nack(requeue=True)
+                await _requeue(message)
                 self._acks.settled(message)
         if decision.action is Action.REQUEUE:
             raise asyncio.CancelledError
@@ -536,13 +595,13 @@ class _Acks:
         self._queue = queue
         self._channel: object = None  # the aiormq channel the tags below are of
         self._next = 1  # the lowest tag neither acknowledged nor settled otherwise
-        self._owed: dict[int, AbstractIncomingMessage] = {}  # finished, ack not sent yet
+        self._owed: dict[int, DeliveredMessage] = {}  # finished, ack not sent yet
         self._settled: set[int] = set()  # above ``_next``, acked or requeued on its own
         self._flush: asyncio.Handle | None = None
-        self._outgoing: deque[tuple[AbstractIncomingMessage, bool]] = deque()  # in order
+        self._outgoing: deque[tuple[DeliveredMessage, bool]] = deque()  # in order
         self._sender: asyncio.Task[None] | None = None
 
-    def started(self, message: AbstractIncomingMessage) -> None:
+    def started(self, message: DeliveredMessage) -> None:
         """A delivery reached its handler; the first one of a new channel starts afresh."""
         channel = _channel_of(message)
         if channel is not None and channel is not self._channel:
@@ -550,7 +609,7 @@ class _Acks:
             self._owed.clear()
             self._settled.clear()
 
-    def ack(self, message: AbstractIncomingMessage) -> None:
+    def ack(self, message: DeliveredMessage) -> None:
         """Acknowledge ``message`` with the others finished in this pass of the loop."""
         tag = self._tag(message)
         if tag is not None:
@@ -558,7 +617,7 @@ class _Acks:
             if self._flush is None:
                 self._flush = asyncio.get_running_loop().call_soon(self.flush)
 
-    def settled(self, message: AbstractIncomingMessage) -> None:
+    def settled(self, message: DeliveredMessage) -> None:
         """``message`` was requeued on its own; a later ``multiple`` ack may pass over it."""
         tag = self._tag(message)
         if tag is not None:
@@ -591,13 +650,13 @@ class _Acks:
         if self._sender is not None:
             await asyncio.gather(self._sender, return_exceptions=True)
 
-    def _tag(self, message: AbstractIncomingMessage) -> int | None:
+    def _tag(self, message: DeliveredMessage) -> int | None:
         """The delivery tag, if ``message`` came on the current channel."""
         if _channel_of(message) is not self._channel:
             return None  # its channel is gone: the broker delivers it again
-        return message.delivery_tag
+        return _tag_of(message)
 
-    def _send(self, message: AbstractIncomingMessage, *, multiple: bool) -> None:
+    def _send(self, message: DeliveredMessage, *, multiple: bool) -> None:
         self._outgoing.append((message, multiple))
         if self._sender is None:
             self._sender = asyncio.ensure_future(self._send_in_order())
@@ -607,7 +666,7 @@ class _Acks:
             while self._outgoing:
                 message, multiple = self._outgoing.popleft()
                 try:
-                    await message.ack(multiple=multiple)
+                    await message.channel.basic_ack(_tag_of(message), multiple=multiple)
                 except Exception as exc:
                     # Unacknowledged, the message is delivered again once its channel closes.
                     _log.warning("delivery_ack_failed", queue=self._queue, error=repr(exc))
@@ -615,12 +674,21 @@ class _Acks:
             self._sender = None
 
 
-def _channel_of(message: AbstractIncomingMessage) -> object:
+def _channel_of(message: DeliveredMessage) -> object:
     """The AMQP channel a delivery came on; None once that channel is closed."""
-    try:
-        return message.channel
-    except ChannelInvalidStateError:
-        return None
+    channel = message.channel
+    return None if channel.is_closed else channel
+
+
+def _tag_of(message: DeliveredMessage) -> int:
+    tag = message.delivery_tag
+    assert tag is not None  # a consumer's delivery always has one
+    return tag
+
+
+async def _requeue(message: DeliveredMessage) -> None:
+    """Hand ``message`` back to its queue, to be delivered again."""
+    await message.channel.basic_nack(_tag_of(message), requeue=True)
 
 
 def _queue_arguments(queue: Queue) -> dict[str, Any]:
