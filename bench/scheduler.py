@@ -27,12 +27,12 @@ import random
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -95,6 +95,7 @@ from flotilla.schemas import (
 )
 from flotilla.settings import EventLoop, LogSettings
 
+T = TypeVar("T")
 VM = WorkloadKind.VIRTUAL_MACHINE
 GROUPS = tuple(f"group-{i}" for i in range(8))
 REGIONS = ("eu-west", "eu-central", "us-east", "ap-south")
@@ -521,6 +522,7 @@ class Options:
     sites: int
     requests: int
     concurrency: int
+    rate: float
     prefetch: int
     churn: float
     raw_count: int
@@ -664,7 +666,7 @@ async def drive(
     async with asyncio.TaskGroup() as tasks:
         churn = tasks.create_task(keep_reporting(sites, workload.sites, options.churn))
         start, cpu = time.perf_counter(), time.process_time()
-        await outside.send(options.concurrency)
+        await outside.send(options.concurrency, options.rate)
         published = time.perf_counter()
         async with asyncio.timeout(600):
             await tally.done.wait()
@@ -696,8 +698,9 @@ class Outside(Protocol):
         """Get ``requests`` ready to send, before the clock starts."""
         ...
 
-    async def send(self, concurrency: int) -> None:
-        """Send the prepared requests, ``concurrency`` unconfirmed at most."""
+    async def send(self, concurrency: int, rate: float) -> None:
+        """Send the prepared requests, ``concurrency`` unconfirmed at most, at ``rate`` per
+        second (0: as fast as the broker confirms)."""
         ...
 
 
@@ -721,9 +724,13 @@ class BusOutside:
         """Keep ``requests``; the bus encodes each as it publishes."""
         self._requests = requests
 
-    async def send(self, concurrency: int) -> None:
+    async def send(self, concurrency: int, rate: float) -> None:
         """Publish through the portal bus."""
-        await publish_bounded(self._portal, self._requests, concurrency)
+
+        async def publish(message: Envelope) -> None:
+            await self._portal.publish(message, route(message))
+
+        await send_all(self._requests, publish, concurrency, rate)
 
 
 class WireOutside:
@@ -799,27 +806,24 @@ class WireOutside:
             for message in requests
         ]
 
-    async def send(self, concurrency: int) -> None:
+    async def send(self, concurrency: int, rate: float) -> None:
         """Publish the prepared requests; a refused or unroutable one fails the run."""
         assert self._connection is not None
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         wire = cast(aiormq.Channel, await channel.get_underlay_channel())
-        pending = iter(self._prepared)
 
-        async def worker() -> None:
-            for body, target, properties in pending:
-                await wire.basic_publish(
-                    body,
-                    exchange=self._names[target.exchange],
-                    routing_key=target.routing_key,
-                    properties=properties,
-                    mandatory=True,
-                    wait=False,
-                )
+        async def publish(prepared: tuple[bytes, Route, spec.Basic.Properties]) -> None:
+            body, target, properties = prepared
+            await wire.basic_publish(
+                body,
+                exchange=self._names[target.exchange],
+                routing_key=target.routing_key,
+                properties=properties,
+                mandatory=True,
+                wait=False,
+            )
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
+        await send_all(self._prepared, publish, concurrency, rate)
 
 
 async def load_in_child(options: Options, names: BenchTopology) -> LoadResult:
@@ -947,11 +951,27 @@ async def keep_reporting(bus: Bus, sites: Sequence[SiteSpec], per_second: float)
 
 async def publish_bounded(bus: Bus, messages: Sequence[Envelope], concurrency: int) -> None:
     """Publish every message with at most ``concurrency`` unconfirmed at a time."""
-    pending = iter(messages)
+
+    async def publish(message: Envelope) -> None:
+        await bus.publish(message, route(message))
+
+    await send_all(messages, publish, concurrency)
+
+
+async def send_all(
+    items: Sequence[T], send: Callable[[T], Awaitable[None]], concurrency: int, rate: float = 0
+) -> None:
+    """``send`` every item, at most ``concurrency`` at a time; with a ``rate``, item ``i`` no
+    sooner than ``i / rate`` seconds after the start (an even offered load), else at once."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    pending = iter(enumerate(items))
 
     async def worker() -> None:
-        for message in pending:
-            await bus.publish(message, route(message))
+        for index, item in pending:
+            if rate > 0 and (delay := start + index / rate - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            await send(item)
 
     async with asyncio.TaskGroup() as group:
         for _ in range(concurrency):
@@ -1086,6 +1106,11 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
         f" groups, {options.requests:,} requests, bus {options.bus}, store {options.store},"
         f" prefetch {options.prefetch}, capacity churn {options.churn:g}/s, loop {options.loop}"
     )
+    if options.rate > 0:
+        print(
+            f"requests offered evenly at {options.rate:,.0f}/s: placements/s cannot exceed it;"
+            " the question is whether the scheduler keeps up (see the latencies)"
+        )
     print(
         "templates: a fixed TemplateSource hands out 5 prepared requirement variants;"
         " TOSCA parsing is not measured"
@@ -1127,6 +1152,12 @@ def parse() -> Options:
         help="memory, sqlite (a temporary file), sqlite:///new.db, or postgresql (a new database)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="Publishes in flight.")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="Requests offered per second, evenly (0: all at once, as fast as confirmed).",
+    )
     parser.add_argument("--prefetch", type=int, default=64, help="Scheduler consumer prefetch.")
     parser.add_argument("--churn", type=float, default=20, help="Capacity reports per second.")
     parser.add_argument("--raw-count", type=int, default=10_000, help="Raw broker messages.")
@@ -1145,6 +1176,7 @@ def parse() -> Options:
         sites=args.sites,
         requests=args.requests,
         concurrency=args.concurrency,
+        rate=args.rate,
         prefetch=args.prefetch,
         churn=args.churn,
         raw_count=args.raw_count,
