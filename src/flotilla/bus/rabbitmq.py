@@ -8,6 +8,11 @@ memory bus (``flotilla.bus.dispatch``); retries and dead-letters are confirmed c
 published before the original is acknowledged, so a crash in between duplicates a message
 but never loses one. Deliveries that finish in the same pass of the event loop are
 acknowledged together (``_Acks``).
+
+aio-pika keeps the connection and channels alive (robust reconnection); messages go in
+and out on aiormq's channel under each robust one, with pamqp's properties, because
+aio-pika's ``Message``, ``IncomingMessage`` and second task per delivery cost a quarter of
+the client's CPU per message published and a third per message consumed (measured raw).
 """
 
 from __future__ import annotations
