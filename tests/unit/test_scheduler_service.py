@@ -24,7 +24,7 @@ from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
 from flotilla.scheduler.relay import OutboxRelay
-from flotilla.scheduler.service import SchedulerService
+from flotilla.scheduler.service import DeploymentLocks, SchedulerService
 from flotilla.scheduler.store import MemoryStore
 from flotilla.schemas import (
     Capabilities,
@@ -77,6 +77,7 @@ class Federation:
     sites: dict[str, MemoryBus]
     events: asyncio.Queue[DeploymentStatusChanged]
     commands: dict[str, asyncio.Queue[Message]]
+    service: SchedulerService
 
     async def publish_as(self, site: str, message: Envelope) -> None:
         await self.sites[site].publish(message, route(message))
@@ -158,7 +159,7 @@ async def federation() -> AsyncIterator[Federation]:
         await report_site(site_buses["alpha"], "alpha", cores=100)
         await report_site(site_buses["beta"], "beta", cores=50)
         await eventually(lambda: all(registry.get(s) and registry.get(s).capacity for s in SITES))
-        yield Federation(broker, upstream, site_buses, events, commands)
+        yield Federation(broker, upstream, site_buses, events, commands, service)
         await service.shutdown()
         await task
         for bus in site_buses.values():
@@ -231,3 +232,67 @@ async def test_a_redelivered_request_is_decided_once(federation: Federation) -> 
     assert federation.commands["alpha"].empty()
     assert federation.commands["beta"].empty()
     assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
+
+
+async def test_deployment_locks_are_forgotten_once_released() -> None:
+    """Steps of one deployment run one at a time; its lock is gone when the last is done."""
+    locks = DeploymentLocks()
+    inside: list[str] = []
+    order: list[str] = []
+
+    async def step(name: str) -> None:
+        async with locks.hold("d1"):
+            inside.append(name)
+            assert len(inside) == 1  # alone for d1
+            await asyncio.sleep(0.01)
+            order.append(name)
+            inside.remove(name)
+
+    async with asyncio.TaskGroup() as group:
+        for name in ("first", "second", "third"):
+            group.create_task(step(name))
+        await asyncio.sleep(0)
+        assert len(locks) == 1  # one held, two waiting, one lock
+    assert order == ["first", "second", "third"]
+    assert len(locks) == 0
+
+    for n in range(100):  # many deployments, one after another
+        async with locks.hold(f"d{n}"):
+            pass
+    assert len(locks) == 0
+
+
+async def test_a_cancelled_waiter_leaves_no_lock_behind() -> None:
+    locks = DeploymentLocks()
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with locks.hold("d1"):
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with locks.hold("d1"):
+            raise AssertionError("never reached: cancelled while waiting")
+
+    first = asyncio.create_task(holder())
+    await held.wait()
+    second = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    release.set()
+    await first
+    assert len(locks) == 0
+
+
+async def test_the_service_keeps_no_lock_for_a_finished_step(federation: Federation) -> None:
+    """After a deployment's steps, the service holds no lock for it (nothing grows)."""
+    did = await submit(federation)
+    await next_command(federation, "alpha")
+    done = Provisioned(deployment_id=did, site="alpha", attempt=1, outputs={})
+    await federation.publish_as("alpha", DeploymentProvisioned.create(done, source="/sites/alpha"))
+    await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+    assert federation.service.busy_deployments == 0

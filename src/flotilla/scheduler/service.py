@@ -9,9 +9,9 @@ stored deadlines, so a restarted scheduler resumes with the same timers.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -71,11 +71,16 @@ class SchedulerService:
         self._verify = verify_senders
         self._prefetch = prefetch
         self._clock = clock
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = DeploymentLocks()
         self._timers: dict[str, list[asyncio.TimerHandle]] = {}
         self._subscriptions: list[Subscription] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+
+    @property
+    def busy_deployments(self) -> int:
+        """Deployments with a step running or waiting for its turn."""
+        return len(self._locks)
 
     async def run(self) -> None:
         """Resume deployments in flight, consume until ``shutdown()``, then drain and stop."""
@@ -152,7 +157,7 @@ class SchedulerService:
         if isinstance(message, ProgressReported):
             # Progress is for watchers: journaled, never decided on. Under the deployment's
             # lock, so its journal entries are written in the order readers see them.
-            async with self._locks[message.data.deployment_id]:
+            async with self._locks.hold(message.data.deployment_id):
                 await self._store.record([message])
             return
         step = steps.get(type(message))
@@ -185,7 +190,7 @@ class SchedulerService:
         anyway, and only when it exists can the request have been handled, so the key is
         looked up there, saving the most common step a read.
         """
-        async with self._locks[deployment_id]:
+        async with self._locks.hold(deployment_id):
             checked_later = isinstance(cause, DeploymentRequested)  # by Lifecycle.requested
             if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
@@ -240,6 +245,62 @@ class SchedulerService:
     def _disarm(self, deployment_id: str) -> None:
         for handle in self._timers.pop(deployment_id, []):
             handle.cancel()
+
+
+class DeploymentLocks:
+    """One lock per deployment, kept only while a step holds it or waits for it.
+
+    A lock per deployment ever seen would grow the scheduler by one lock per deployment
+    for as long as it runs.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _HeldLock] = {}
+
+    def __len__(self) -> int:
+        """Deployments whose lock is held or awaited now."""
+        return len(self._locks)
+
+    def hold(self, deployment_id: str) -> _HeldLock:
+        """``async with locks.hold(id):`` runs the block alone for that deployment."""
+        lock = self._locks.get(deployment_id)
+        if lock is None:
+            lock = self._locks[deployment_id] = _HeldLock(self._locks, deployment_id)
+        return lock
+
+
+class _HeldLock:
+    """A deployment's lock that leaves its table when the last holder or waiter is done."""
+
+    __slots__ = ("_key", "_lock", "_table", "_users")
+
+    def __init__(self, table: dict[str, _HeldLock], key: str) -> None:
+        self._table = table
+        self._key = key
+        self._lock = asyncio.Lock()
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            del self._table[self._key]
 
 
 def _site_sender(message: Message) -> str | None:
