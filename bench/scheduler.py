@@ -62,7 +62,7 @@ from flotilla.bus import (
     Topology,
 )
 from flotilla.bus.memory import MemoryBroker, MemoryBus
-from flotilla.bus.rabbitmq import RabbitBus
+from flotilla.bus.rabbitmq import RabbitBus, message_properties
 from flotilla.log import configure_logging
 from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.main import tune_collector
@@ -726,11 +726,7 @@ class BusOutside:
 
     async def send(self, concurrency: int, rate: float) -> None:
         """Publish through the portal bus."""
-
-        async def publish(message: Envelope) -> None:
-            await self._portal.publish(message, route(message))
-
-        await send_all(self._requests, publish, concurrency, rate)
+        await publish_bounded(self._portal, self._requests, concurrency, rate)
 
 
 class WireOutside:
@@ -741,7 +737,7 @@ class WireOutside:
     client work is kept small: requests are encoded before the clock starts and published
     straight on aiormq's channel (persistent, mandatory, confirmed, with the properties
     ``RabbitBus`` sets), and the counting queues are read without building Flotilla
-    deliveries, acknowledged together at the end of each pass of the event loop.
+    deliveries, each ack ``multiple`` covering every delivery counted so far.
     """
 
     def __init__(self, url: str, names: Mapping[str, str]) -> None:
@@ -793,15 +789,7 @@ class WireOutside:
             (
                 encode(message),
                 route(message),
-                spec.Basic.Properties(
-                    content_type="application/json",
-                    delivery_mode=2,
-                    message_id=message.id,
-                    message_type=message.type,
-                    correlation_id=message.correlationid,
-                    timestamp=message.time,
-                    user_id=self._user,
-                ),
+                message_properties(message, user=self._user),
             )
             for message in requests
         ]
@@ -949,13 +937,16 @@ async def keep_reporting(bus: Bus, sites: Sequence[SiteSpec], per_second: float)
             await bus.publish(message, route(message))
 
 
-async def publish_bounded(bus: Bus, messages: Sequence[Envelope], concurrency: int) -> None:
-    """Publish every message with at most ``concurrency`` unconfirmed at a time."""
+async def publish_bounded(
+    bus: Bus, messages: Sequence[Envelope], concurrency: int, rate: float = 0
+) -> None:
+    """Publish every message with at most ``concurrency`` unconfirmed at a time (and at
+    ``rate`` per second, when given)."""
 
     async def publish(message: Envelope) -> None:
         await bus.publish(message, route(message))
 
-    await send_all(messages, publish, concurrency)
+    await send_all(messages, publish, concurrency, rate)
 
 
 async def send_all(

@@ -206,19 +206,9 @@ class RabbitBus:
             BusUnavailableError: not confirmed within the publish timeout.
         """
         self._require_open()
-        properties = Properties(
-            headers=dict(headers) if headers else None,
-            content_type="application/json",
-            delivery_mode=_PERSISTENT,
-            message_id=message.id,
-            message_type=getattr(message, "type", None),
-            correlation_id=message.correlationid,
-            timestamp=message.time,
-            user_id=self._user,
-        )
         await self._publish(
             encode(message),
-            properties,
+            message_properties(message, user=self._user, headers=headers),
             route.exchange,
             route.routing_key,
             mandatory=route.mandatory,
@@ -679,6 +669,23 @@ class _Acks:
             self._sender = None
 
 
+def message_properties(
+    message: Envelope, *, user: str | None, headers: Mapping[str, Any] | None = None
+) -> Properties:
+    """The AMQP properties ``message`` is published with: persistent JSON, its id, type,
+    deployment and time, and ``user`` as the login the broker vouches for."""
+    return Properties(
+        headers=dict(headers) if headers else None,
+        content_type="application/json",
+        delivery_mode=_PERSISTENT,
+        message_id=message.id,
+        message_type=getattr(message, "type", None),
+        correlation_id=message.correlationid,
+        timestamp=message.time,
+        user_id=user,
+    )
+
+
 def _channel_of(message: DeliveredMessage) -> object:
     """The AMQP channel a delivery came on; None once that channel is closed."""
     channel = message.channel
@@ -729,4 +736,4 @@ def _url_user(url: str) -> str | None:
     return unquote(username) if username else None
 
 
-__all__ = ["SENDER_HEADER", "RabbitBus", "RabbitSubscription"]
+__all__ = ["SENDER_HEADER", "RabbitBus", "RabbitSubscription", "message_properties"]
