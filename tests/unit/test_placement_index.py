@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -227,9 +228,14 @@ def test_kept_standings_rank_as_a_fresh_placer_does(seed: int) -> None:
         if rng.random() < 0.6
     ]
     requests = [
-        PlacementRequest(requirements=template(vm(cpus=cpus, count=count)), group=group)
+        PlacementRequest(
+            requirements=template(vm(cpus=cpus, count=count)),
+            group=group,
+            scheduling=Scheduling(region=region),
+        )
         for cpus, count in ((1, 1), (4, 1), (4, 3), (16, 1))  # same fit, other usage: 4 x 1, 3
         for group in groups
+        for region in (None, None, "north", "south")
     ]
     placer = Placer(registry, slas)
     stats: dict[str, SiteStats] = {}
@@ -241,7 +247,9 @@ def test_kept_standings_rank_as_a_fresh_placer_does(seed: int) -> None:
         if action == 0:  # a capacity report, sometimes with other shapes
             sequences[site] += 1
             shapes = SHAPES if rng.random() < 0.7 else SHAPES[:1]
-            registry.apply_capacity(capacity(site, sequences[site], rng.randint(0, 40), shapes))
+            regions = rng.sample(("north", "south"), rng.randint(0, 2))
+            used = rng.randint(0, 40)
+            registry.apply_capacity(capacity(site, sequences[site], used, shapes, regions))
         elif action == 1:  # a lease: ready or draining, short or long
             sequences[site] += 1
             state = SiteState.READY if rng.random() < 0.8 else SiteState.DRAINING
@@ -267,12 +275,16 @@ def test_kept_standings_rank_as_a_fresh_placer_does(seed: int) -> None:
         assert placer.rank(request) == fresh.rank(request), f"step {step}"
 
 
-def capacity(site: str, sequence: int, used: int, shapes: list[Shape]) -> Capacity:
+def capacity(
+    site: str, sequence: int, used: int, shapes: list[Shape], regions: Sequence[str] = ()
+) -> Capacity:
     return Capacity(
         site=site,
         kind=SiteKind.OPENSTACK,
         sequence=sequence,
-        capabilities=Capabilities(workload_kinds=[WorkloadKind.VIRTUAL_MACHINE], shapes=shapes),
+        capabilities=Capabilities(
+            workload_kinds=[WorkloadKind.VIRTUAL_MACHINE], shapes=shapes, regions=list(regions)
+        ),
         quotas=[QuotaUsage(resource="cores", limit=40, used=used)],
     )
 
@@ -286,6 +298,41 @@ def lease(site: str, sequence: int, state: SiteState, ttl: int) -> Lease:
         sequence=sequence,
         agent_instance="a",
     )
+
+
+def test_a_region_pin_sets_aside_the_sites_elsewhere_with_their_own_reasons() -> None:
+    """A request pinned to a region is placed only in it. Each site elsewhere is rejected
+    for the region and for what its report rules out, not for quotas, after its liveness.
+    The unpinned request still sees every site, before and after."""
+    clock = Clock()
+    registry = SiteRegistry(grace=timedelta(0), clock=clock)
+    report(registry, "inside", regions=("north",))
+    report(registry, "elsewhere", regions=("south",))
+    report(registry, "nameless")  # names no region: elsewhere as well
+    report(registry, "full", cores=10, used=9, regions=("south",))
+    report(registry, "draining", state=SiteState.DRAINING, regions=("south",))
+    report(registry, "small")
+    registry.apply_capacity(capacity("small", 2, 0, SHAPES[:1], ["south"]))  # no large flavor
+    sites = ("inside", "elsewhere", "nameless", "full", "draining", "small")
+    placer = Placer(registry, [Sla(id=site, group="g", site=site) for site in sites])
+    anywhere = PlacementRequest(requirements=template(vm(cpus=4)), group="g")
+    north = replace(anywhere, scheduling=Scheduling(region="north"))
+    before = placer.rank(anywhere)
+
+    ranking = placer.rank(north)
+
+    assert [c.site for c in ranking.candidates] == ["inside"]
+    unpinned = {r.site: r.reasons for r in before.rejections}
+    assert unpinned["full"] == ("quota cores: needs 4, free 1",)
+    assert {r.site: r.reasons for r in ranking.rejections} == {
+        "draining": ("site is draining", "not in region 'north'"),
+        "elsewhere": ("not in region 'north'",),
+        "full": ("not in region 'north'",),
+        "nameless": ("not in region 'north'",),
+        "small": ("not in region 'north'", *unpinned["small"]),
+    }
+    assert placer.rank(anywhere) == before
+    assert {c.site for c in before.candidates} == {"inside", "elsewhere", "nameless"}
 
 
 def test_instance_count_is_part_of_the_kind_of_request() -> None:

@@ -17,6 +17,9 @@ between two of them only a few sites change. Each kind keeps a standing of its S
 ranking first reads the change logs of the registry, the claim book and the site statistics
 and judges again only the sites named there; then it drops the sites that are not live or
 are excluded. A ranking costs a walk down one sorted list instead of judging every site.
+A region pin is not a kind of its own: a pinned request reads the standing of the same
+request without the pin and sets aside the sites whose report places them elsewhere
+(``_Region``), as it does the sites that are not live.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ class _Pass:
     usage: Usage
     template: int  # the FitCache key of the request's template
     key: int  # names everything a site's outcome depends on besides the site itself
+    board: int  # the key of the same request without its region pin: names its standing
     slas: Mapping[str, Sla]  # the SLA each site offers the request, by site name
     now: datetime
 
@@ -171,7 +175,7 @@ class _Fitted:
     """A site's verdict for one kind of request from its capacity report alone."""
 
     capacity: Capacity | None  # the report it was made from
-    reasons: tuple[str, ...]  # SLA, report, region and fit: quotas are judged apart
+    reasons: tuple[str, ...]  # SLA, report, region (if asked) and fit; quotas apart
     fit: TemplateFit | None
     usage: Usage  # what the request would take from the site's quotas
     rejected: _Outcome | None = None  # the outcome when ``reasons`` already rule it out
@@ -192,6 +196,41 @@ class _SiteMemo:
 
     capacity: Capacity | None
     reasons: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Region:
+    """A standing's sites whose capacity report places them outside one region.
+
+    ``rejections`` are made when a site is first listed and forgotten when it is judged
+    again; a site without a report yet is not outside (it is rejected for that).
+    """
+
+    name: str
+    outside: set[str]
+    rejections: dict[str, Rejection] = field(default_factory=dict)
+
+    def update(self, site: str, fitted: _Fitted | None) -> None:
+        """Follow the site's new judgement (None: it left the standing)."""
+        self.rejections.pop(site, None)
+        if fitted is not None and _elsewhere(fitted, self.name):
+            self.outside.add(site)
+        else:
+            self.outside.discard(site)
+
+    def rejection(self, site: str, fitted: _Fitted) -> Rejection:
+        """Why the site is rejected for a request pinned to this region."""
+        rejection = self.rejections.get(site)
+        if rejection is None:
+            # The reasons a pinned request's own judgement gives: its report rules it out.
+            reasons = (f"not in region {self.name!r}", *fitted.reasons)
+            rejection = self.rejections[site] = Rejection(site=site, reasons=reasons)
+        return rejection
+
+
+def _elsewhere(fitted: _Fitted, region: str) -> bool:
+    capacity = fitted.capacity
+    return capacity is not None and region not in capacity.capabilities.regions
 
 
 _Entry = tuple[float, str, Candidate]  # (-score, site, candidate): best first when sorted
@@ -217,9 +256,24 @@ class _Board:
     positions: tuple[int, ...] = ()
     fits: dict[str, _Fitted] = field(default_factory=dict)
     rejections: dict[str, Rejection] = field(default_factory=dict)  # of ``rejected``, when live
+    regions: dict[str, _Region] = field(default_factory=dict)  # asked for by pinned requests
+
+    def region(self, name: str) -> _Region:
+        """The sites outside region ``name``, kept up to date from the first time asked."""
+        region = self.regions.get(name)
+        if region is None:
+            fits = self.fits
+            outside = {site for site in self.outcomes if _elsewhere(fits[site], name)}
+            region = self.regions[name] = _Region(name=name, outside=outside)
+        return region
 
     def put(self, site: str, outcome: _Outcome | None) -> None:
-        """Replace the site's outcome (None: forget the site), keeping both lists sorted."""
+        """Replace the site's outcome (None: forget the site), keeping both lists sorted.
+
+        The site's fit in ``fits`` must be the one the outcome was judged on.
+        """
+        for region in self.regions.values():
+            region.update(site, None if outcome is None else self.fits[site])
         old = self.outcomes.pop(site, None)
         if old is not None:
             if old.candidate is not None:
@@ -241,6 +295,7 @@ class _Board:
 
 
 _NO_STATS = SiteStats()
+_NOWHERE: frozenset[str] = frozenset()
 _MAX_KEYS = 512  # distinct kinds of request remembered before the memos start afresh
 _MAX_OUTCOMES = 64  # per site
 _MAX_BOARDS = 256  # kinds of request with a standing kept; past that the least recently used goes
@@ -288,11 +343,18 @@ class Placer:
         board = self._board(run)
         down = self.registry.not_live(run.now)
         exclude = request.exclude
-        if down or exclude:
-            candidates = [c for _, s, c in board.ranked if s not in down and s not in exclude]
+        pin = request.scheduling.region
+        region = None if pin is None else board.region(pin)
+        outside = _NOWHERE if region is None else region.outside
+        if down or exclude or outside:
+            candidates = [
+                c
+                for _, s, c in board.ranked
+                if s not in down and s not in exclude and s not in outside
+            ]
         else:
             candidates = [c for _, _, c in board.ranked]
-        rejected, more = self._listing(run, board, down)
+        rejected, more = self._listing(run, board, down, region)
         rejections, unlisted = self._rejections(run, list(rejected), more, len(candidates))
         return Ranking(
             candidates=tuple(candidates),
@@ -301,27 +363,35 @@ class Placer:
             unlisted=unlisted,
         )
 
-    def _listing(self, run: _Pass, board: _Board, down: Set[str]) -> tuple[list[Rejection], int]:
+    def _listing(
+        self, run: _Pass, board: _Board, down: Set[str], region: _Region | None
+    ) -> tuple[list[Rejection], int]:
         """The board's rejected sites to list, by name, and how many more there are.
 
         Rejected are the sites rejected on their outcome, and the candidates that are not
-        live or are excluded. A live site that is not excluded is listed with the rejection
-        the board made when it judged the site; the others gain their liveness reasons.
+        live, are excluded or are outside the pinned region. A live site that is not
+        excluded is listed with the rejection the board (or the region, when the site is
+        outside it) made when it judged the site; the others gain their liveness reasons.
         """
         exclude = run.request.exclude
+        outside = _NOWHERE if region is None else region.outside
         blocked = sorted(
             site
-            for site in down | exclude
+            for site in {*down, *exclude, *outside}
             if (outcome := board.outcomes.get(site)) is not None and outcome.candidate is not None
         )
         rejected: list[Rejection] = []  # the first REJECTIONS_LISTED, by name
         for site in islice(heapq.merge(board.rejected, blocked), REJECTIONS_LISTED):
+            own = None
+            if region is not None and site in outside:
+                own = region.rejection(site, board.fits[site])
             if site not in down and site not in exclude:
-                rejected.append(board.rejections[site])
+                rejected.append(own or board.rejections[site])
                 continue
             view = self.registry.get(site)
             assert view is not None  # a site with an outcome has a view
-            reasons = (*_live_reasons(self.registry, view, run), *board.outcomes[site].reasons)
+            reasons = own.reasons if own else board.outcomes[site].reasons
+            reasons = (*_live_reasons(self.registry, view, run), *reasons)
             rejected.append(Rejection(site=site, reasons=reasons))
         more = len(board.rejected) + len(blocked) - len(rejected)
         return rejected, more
@@ -341,26 +411,31 @@ class Placer:
             pin.region,
             request.datasets,
         )
-        key = self._keys.get(kind)
-        if key is None:
-            if len(self._keys) >= _MAX_KEYS:  # keys restart from 0: forget what they named
-                self._keys.clear()
-                self._memos.clear()
-                self._boards.clear()
-            key = self._keys[kind] = len(self._keys)
+        if len(self._keys) >= _MAX_KEYS:  # keys restart from 0: forget what they named
+            self._keys.clear()
+            self._memos.clear()
+            self._boards.clear()
+        key = self._key(kind)
         return _Pass(
             request=request,
             usage=total_usage(request.requirements),
             template=template,
             key=key,
+            board=key if pin.region is None else self._key((*kind[:5], None, kind[6])),
             slas=self._slas_for(request),
             now=self.registry.now(),
         )
 
+    def _key(self, kind: tuple[object, ...]) -> int:
+        key = self._keys.get(kind)
+        if key is None:
+            key = self._keys[kind] = len(self._keys)
+        return key
+
     def _board(self, run: _Pass) -> _Board:
         """The standing for the request's kind, brought up to date with the change logs."""
         logs = (self.registry.changes, self.claims.changes, self._stat_changes)
-        board = self._boards.pop(run.key, None)  # put back last: the most recently used
+        board = self._boards.pop(run.board, None)  # put back last: the most recently used
         changed = None if board is None else _changed_since(logs, board.positions)
         if board is None or changed is None:  # new, or fell behind what the logs keep
             board = _Board(slas=run.slas)
@@ -379,7 +454,7 @@ class Placer:
             if outcome is None or outcome is not board.outcomes.get(site):
                 board.put(site, outcome)
         board.positions = positions
-        self._boards[run.key] = board
+        self._boards[run.board] = board
         return board
 
     def _slas_for(self, request: PlacementRequest) -> Mapping[str, Sla]:
@@ -402,7 +477,8 @@ class Placer:
         if reasons is None:
             if len(memo.reasons) >= _MAX_OUTCOMES:
                 memo.reasons.clear()
-            reasons = memo.reasons[run.key] = self._fit(view, run, None).reasons
+            region = run.request.scheduling.region
+            reasons = memo.reasons[run.key] = self._fit(view, run, None, region).reasons
         return reasons
 
     def _judge(
@@ -411,18 +487,16 @@ class Placer:
         run: _Pass,
         sla: Sla | None,
         stats: SiteStats,
-        fits: dict[str, _Fitted] | None = None,
+        fits: dict[str, _Fitted],
     ) -> _Outcome:
-        """Everything but liveness and exclusion: SLA, region, fit, quotas; and the score.
+        """Everything but liveness, exclusion and a region pin: SLA, fit, quotas; and the score.
 
         ``fits``: the fits of the same kind of request, by site, to reuse while the site's
         capacity report is the same (claims and statistics change far more often).
         """
-        fitted = None if fits is None else fits.get(view.name)
+        fitted = fits.get(view.name)
         if fitted is None or fitted.capacity is not view.capacity:
-            fitted = self._fit(view, run, sla)
-            if fits is not None:
-                fits[view.name] = fitted
+            fitted = fits[view.name] = self._fit(view, run, sla, None)  # region: apart
         if fitted.rejected is not None:
             # Ruled out by the report alone: claims and statistics cannot change that, so
             # the same outcome stands (and quotas are not worth a reason there).
@@ -439,8 +513,8 @@ class Placer:
         candidate = self._score(capacity, run, sla, fitted.fit, headroom, stats, usage)
         return _Outcome(reasons=(), candidate=candidate)
 
-    def _fit(self, view: SiteView, run: _Pass, sla: Sla | None) -> _Fitted:
-        """What depends on the site's capacity report alone: SLA, region, fit and usage."""
+    def _fit(self, view: SiteView, run: _Pass, sla: Sla | None, region: str | None) -> _Fitted:
+        """What depends on the site's capacity report alone: SLA, ``region``, fit and usage."""
         request = run.request
         reasons: list[str] = []
         if sla is None:
@@ -449,8 +523,8 @@ class Placer:
         if capacity is None:
             reasons.append("no capacity report yet")
             return _fitted(capacity=None, reasons=reasons, fit=None, usage=run.usage)
-        if not _region_ok(request.scheduling, capacity):
-            reasons.append(f"not in region {request.scheduling.region!r}")
+        if region is not None and region not in capacity.capabilities.regions:
+            reasons.append(f"not in region {region!r}")
         aliases = self._aliases.get(view.name, {})
         fit = self._fits.fit(
             view.name, capacity.capabilities, run.template, request.requirements, aliases
@@ -604,10 +678,6 @@ def _pin_note(pin: Scheduling) -> str:
     if pin.sla_id is not None:
         return f" (pinned to SLA {pin.sla_id!r})"
     return ""
-
-
-def _region_ok(pin: Scheduling, capacity: Capacity) -> bool:
-    return pin.region is None or pin.region in capacity.capabilities.regions
 
 
 def _quota(
