@@ -233,11 +233,9 @@ def _elsewhere(fitted: _Fitted, region: str) -> bool:
     return capacity is not None and region not in capacity.capabilities.regions
 
 
-_Entry = tuple[float, str, Candidate]  # (-score, site, candidate): best first when sorted
-
-
-def _entry_order(entry: _Entry) -> tuple[float, str]:
-    return entry[0], entry[1]
+# (-score, site, candidate): best first when sorted. Sites are unique in a list, so tuples
+# compare on score and site alone and never reach the candidate.
+_Entry = tuple[float, str, Candidate]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -277,9 +275,7 @@ class _Board:
         old = self.outcomes.pop(site, None)
         if old is not None:
             if old.candidate is not None:
-                del self.ranked[
-                    bisect_left(self.ranked, (-old.candidate.score, site), key=_entry_order)
-                ]
+                del self.ranked[bisect_left(self.ranked, (-old.candidate.score, site))]
             else:
                 del self.rejected[bisect_left(self.rejected, site)]
                 del self.rejections[site]
@@ -288,7 +284,7 @@ class _Board:
         self.outcomes[site] = outcome
         candidate = outcome.candidate
         if candidate is not None:
-            insort(self.ranked, (-candidate.score, site, candidate), key=_entry_order)
+            insort(self.ranked, (-candidate.score, site, candidate))
         else:
             insort(self.rejected, site)
             self.rejections[site] = Rejection(site=site, reasons=outcome.reasons)

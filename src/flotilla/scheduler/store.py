@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 from typing import Protocol
 
 from flotilla.errors import PermanentError, RetryableError
@@ -191,8 +192,8 @@ class MemoryStore:
         self._done.add(key)
 
     async def pending(self, limit: int = 100) -> list[OutboxEntry]:
-        """Unpublished messages, oldest first."""
-        return [self._outbox[s] for s in sorted(self._outbox)[:limit]]
+        """Unpublished messages, oldest first (sequences are added in order)."""
+        return list(islice(self._outbox.values(), limit))
 
     async def mark_sent(self, sequences: list[int]) -> None:
         """Forget published messages."""
