@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from baseline import aiormq_defaults
 from broker_cleanup import delete_topology
 from flotilla.bus import (
     Binding,
@@ -159,7 +160,8 @@ async def run_bare(
         await message.ack()
         counter.hit()
 
-    connection = await aio_pika.connect_robust(options.url)
+    with aiormq_defaults():
+        connection = await aio_pika.connect_robust(options.url)
     user = connection.url.user
     async with connection:
         publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -42,6 +42,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
+from baseline import aiormq_defaults
 from broker_cleanup import delete_topology
 from flotilla import runtime
 from flotilla.broker import core_topology, route
@@ -62,7 +63,7 @@ from flotilla.bus import (
     Topology,
 )
 from flotilla.bus.memory import MemoryBroker, MemoryBus
-from flotilla.bus.rabbitmq import RabbitBus, message_properties
+from flotilla.bus.rabbitmq import RabbitBus, connect_robust, message_properties
 from flotilla.log import configure_logging
 from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.main import tune_collector
@@ -748,7 +749,7 @@ class WireOutside:
         self._prepared: list[tuple[bytes, Route, spec.Basic.Properties]] = []
 
     async def __aenter__(self) -> Self:
-        self._connection = await aio_pika.connect_robust(self._url)
+        self._connection = await connect_robust(self._url)  # as Flotilla's clients connect
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -986,7 +987,8 @@ async def broker_round_trip(url: str, count: int, in_flight: int) -> float:
             done.set()
 
     body = b"x" * 400  # about the size of a small Flotilla envelope
-    connection = await aio_pika.connect(url)
+    with aiormq_defaults():
+        connection = await aio_pika.connect(url)
     async with connection:
         publisher = await connection.channel(publisher_confirms=True)
         consumer = await connection.channel()

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import aio_pika
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 
 from flotilla.bus import (
     Binding,
@@ -23,7 +24,7 @@ from flotilla.bus import (
     Route,
     Topology,
 )
-from flotilla.bus.rabbitmq import RabbitBus
+from flotilla.bus.rabbitmq import WRITE_QUEUE_FRAMES, RabbitBus
 from flotilla.schemas import DeleteRequest, DeploymentDeleteRequested, Message, new_id
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.disruptive, pytest.mark.timeout(240)]
@@ -193,12 +194,22 @@ async def test_confirmed_messages_survive_broker_restart(amqp_url: str, unique: 
                     pass
                 tally.restarted = True
                 await tally.wait("after", 90)
+                # The connection made again after the restart has the same wide writer queue.
+                assert publisher._connection is not None
+                assert writer_queue_size(publisher._connection) == WRITE_QUEUE_FRAMES
                 stop.set()
             await tally.wait("all", 90)
     finally:
         await wait_broker_up(amqp_url)
         await _delete(amqp_url, topology)
     assert tally.confirmed <= tally.received
+
+
+def writer_queue_size(connection: AbstractRobustConnection) -> int:
+    """How many frames the connection's aiormq writer may hold queued."""
+    underlay = connection.transport
+    assert underlay is not None
+    return int(underlay.connection.write_queue.maxsize)
 
 
 async def _delete(amqp_url: str, topology: Topology) -> None:

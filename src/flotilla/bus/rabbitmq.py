@@ -22,7 +22,7 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Final, Self, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -68,6 +68,9 @@ _BROKER_HEADERS = ("x-death", "x-first-death", "x-last-death", "x-delivery-count
 # Errors after which the same publish may succeed once the robust connection is back.
 _TRANSIENT = (AMQPError, ConnectionError, OSError, RuntimeError)
 _FIRST_BACKOFF = 0.05
+
+WRITE_QUEUE_FRAMES: Final = 256
+"""Frames an AMQP connection may queue for its writer (aiormq's own default is 10)."""
 
 
 class RabbitBus:
@@ -145,7 +148,7 @@ class RabbitBus:
         if self._state is not BusState.UNOPENED:
             raise BusClosedError(f"the bus is {self._state.value}; it opens only once")
         try:
-            self._connection = await aio_pika.connect_robust(
+            self._connection = await connect_robust(
                 self._url,
                 heartbeat=self._heartbeat,
                 reconnect_interval=self._reconnect_interval,
@@ -669,6 +672,26 @@ class _Acks:
             self._sender = None
 
 
+async def connect_robust(url: str, **kwargs: Any) -> AbstractRobustConnection:
+    """``aio_pika.connect_robust`` with the connection settings every Flotilla client shares.
+
+    aiormq lets a connection queue ``FRAME_BUFFER_SIZE`` frames (10) for its writer. A
+    publisher that finds the queue full waits while holding its channel's lock, and the
+    publishers queued on that lock then get it one per pass of the event loop: a burst of
+    publishes (the relay has up to 64 in flight) leaves one frame at a time and comes back
+    as as many small confirms. With room for ``WRITE_QUEUE_FRAMES`` the burst goes out
+    together, and the bench measured about a tenth less CPU per placement over the
+    scheduler, the broker and the load together. aiormq reads the size from its class
+    when it makes a connection, so it is raised for the whole process, reconnections
+    included.
+    """
+    aiormq.Connection.FRAME_BUFFER_SIZE = max(
+        aiormq.Connection.FRAME_BUFFER_SIZE, WRITE_QUEUE_FRAMES
+    )
+    connection = await aio_pika.connect_robust(url, **kwargs)
+    return cast(AbstractRobustConnection, connection)
+
+
 def message_properties(
     message: Envelope, *, user: str | None, headers: Mapping[str, Any] | None = None
 ) -> Properties:
@@ -736,4 +759,11 @@ def _url_user(url: str) -> str | None:
     return unquote(username) if username else None
 
 
-__all__ = ["SENDER_HEADER", "RabbitBus", "RabbitSubscription", "message_properties"]
+__all__ = [
+    "SENDER_HEADER",
+    "WRITE_QUEUE_FRAMES",
+    "RabbitBus",
+    "RabbitSubscription",
+    "connect_robust",
+    "message_properties",
+]
