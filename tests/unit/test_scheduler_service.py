@@ -296,3 +296,78 @@ async def test_the_service_keeps_no_lock_for_a_finished_step(federation: Federat
     await federation.publish_as("alpha", DeploymentProvisioned.create(done, source="/sites/alpha"))
     await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
     assert federation.service.busy_deployments == 0
+
+
+async def test_each_deadline_keeps_one_timer_through_failover(federation: Federation) -> None:
+    """Every step re-arms a deployment's timers from its stored deadlines: the overall
+    deadline stays one timer, a failed attempt's timer goes with it, and none is left once
+    the deployment is complete."""
+    did = new_id()
+    request = DeploymentRequest(
+        deployment_id=did,
+        template="t",
+        owner="ann",
+        group="physics",
+        timeout=timedelta(hours=1),
+    )
+    message = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(message, route(message))
+    await next_command(federation, "alpha")
+    assert federation.service.armed_timers == 2  # the overall deadline, attempt 1's
+
+    cause = FailureCause(code="quota_exceeded", message="cores", retryable=False)
+    failure = Failure(deployment_id=did, site="alpha", attempt=1, cause=cause)
+    await federation.publish_as("alpha", ProvisioningFailed.create(failure, source="/sites/alpha"))
+    await next_command(federation, "alpha")  # release
+    await next_command(federation, "beta")
+    await eventually(lambda: federation.service.busy_deployments == 0)
+    assert federation.service.armed_timers == 2  # the overall deadline, attempt 2's
+
+    done = Provisioned(deployment_id=did, site="beta", attempt=2)
+    await federation.publish_as("beta", DeploymentProvisioned.create(done, source="/sites/beta"))
+    await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+    assert federation.service.armed_timers == 0
+
+
+async def test_a_silent_site_times_out_and_the_next_one_is_tried(federation: Federation) -> None:
+    """alpha never answers: its attempt's deadline fires in the service, alpha is told to
+    release and beta gets attempt 2."""
+    did = new_id()
+    request = DeploymentRequest(
+        deployment_id=did,
+        template="t",
+        owner="ann",
+        group="physics",
+        site_timeout=timedelta(milliseconds=200),
+    )
+    message = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(message, route(message))
+    await next_command(federation, "alpha")
+    release = await next_command(federation, "alpha")
+    assert release.type == "flotilla.site.release"
+    command = await next_command(federation, "beta")
+    assert isinstance(command, ProvisionDeployment)
+    assert command.data.attempt == 2
+
+
+async def test_the_overall_deadline_fails_the_deployment_and_leaves_no_timer(
+    federation: Federation,
+) -> None:
+    """Nobody answers within the overall deadline: the service fails the deployment with the
+    timeout as its reason, tells the site to release, and keeps no timer for it."""
+    did = new_id()
+    request = DeploymentRequest(
+        deployment_id=did,
+        template="t",
+        owner="ann",
+        group="physics",
+        timeout=timedelta(milliseconds=300),
+    )
+    message = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(message, route(message))
+    await next_command(federation, "alpha")
+    failed = await federation.status(did, DeploymentStatus.CREATE_FAILED)
+    assert "Timeout" in (failed.data.reason or "")
+    release = await next_command(federation, "alpha")
+    assert release.type == "flotilla.site.release"
+    await eventually(lambda: federation.service.armed_timers == 0)

@@ -46,6 +46,8 @@ from flotilla.schemas import (
 
 _log = structlog.get_logger("flotilla.scheduler")
 _TIMER_RETRY = timedelta(seconds=5)
+_OVERALL = 0  # the timer slot of a deployment's overall deadline; attempts count from 1
+_Decide = Callable[[], Awaitable[Change | None]]
 
 
 class SchedulerService:
@@ -72,7 +74,8 @@ class SchedulerService:
         self._prefetch = prefetch
         self._clock = clock
         self._locks = DeploymentLocks()
-        self._timers: dict[str, list[asyncio.TimerHandle]] = {}
+        # Per deployment, one timer per slot (its overall deadline, each attempt in flight).
+        self._timers: dict[str, dict[int, tuple[datetime, asyncio.TimerHandle]]] = {}
         self._subscriptions: list[Subscription] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -81,6 +84,11 @@ class SchedulerService:
     def busy_deployments(self) -> int:
         """Deployments with a step running or waiting for its turn."""
         return len(self._locks)
+
+    @property
+    def armed_timers(self) -> int:
+        """Timers waiting to fire: overall deadlines and those of attempts in flight."""
+        return sum(len(slots) for slots in self._timers.values())
 
     async def run(self) -> None:
         """Resume deployments in flight, consume until ``shutdown()``, then drain and stop."""
@@ -117,9 +125,8 @@ class SchedulerService:
 
     async def _drain(self) -> None:
         await asyncio.gather(*(s.stop(timeout=10.0) for s in self._subscriptions))
-        for handles in self._timers.values():
-            for handle in handles:
-                handle.cancel()
+        for deployment_id in list(self._timers):
+            self._disarm(deployment_id)
         await self._relay.shutdown()
 
     async def _resume(self) -> None:
@@ -205,45 +212,71 @@ class SchedulerService:
         for attempt in change.attempts:
             if attempt.outcome is AttemptOutcome.IN_PROGRESS:
                 self._arm_site_timer(deployment_id, attempt.number, attempt.deadline)
+            else:  # the attempt ended: its deadline no longer matters
+                self._cancel(deployment_id, attempt.number)
         if change.deployment.operation is None:
             self._disarm(deployment_id)
         else:
             self._arm_overall_timer(deployment_id, change.deployment.deadline)
 
     def _arm_site_timer(self, deployment_id: str, number: int, at: datetime | None) -> None:
-        if at is not None:
-            self._arm(
-                deployment_id, at, lambda: self._lifecycle.site_timed_out(deployment_id, number)
-            )
+        if at is None:
+            self._cancel(deployment_id, number)
+            return
+        self._arm(
+            deployment_id,
+            number,
+            at,
+            lambda: self._lifecycle.site_timed_out(deployment_id, number),
+        )
 
     def _arm_overall_timer(self, deployment_id: str, at: datetime | None) -> None:
-        if at is not None:
-            self._arm(deployment_id, at, lambda: self._lifecycle.timed_out(deployment_id))
+        if at is None:
+            self._cancel(deployment_id, _OVERALL)
+            return
+        self._arm(deployment_id, _OVERALL, at, lambda: self._lifecycle.timed_out(deployment_id))
 
-    def _arm(
-        self, deployment_id: str, at: datetime, decide: Callable[[], Awaitable[Change | None]]
-    ) -> None:
+    def _arm(self, deployment_id: str, slot: int, at: datetime, decide: _Decide) -> None:
+        """Fire ``decide`` at ``at``, in place of the slot's timer (kept if it is due then)."""
+        slots = self._timers.setdefault(deployment_id, {})
+        armed = slots.get(slot)
+        if armed is not None:
+            if armed[0] == at:
+                return  # every step of a deployment re-arms the same deadlines
+            armed[1].cancel()
         delay = max((at - self._clock()).total_seconds(), 0.0)
         loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay, self._fire, deployment_id, decide)
-        self._timers.setdefault(deployment_id, []).append(handle)
+        slots[slot] = (at, loop.call_later(delay, self._fire, deployment_id, slot, decide))
 
-    def _fire(self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]) -> None:
+    def _fire(self, deployment_id: str, slot: int, decide: _Decide) -> None:
+        self._forget(deployment_id, slot)  # spent: the same deadline may be armed again
         assert self._tasks is not None
-        self._tasks.create_task(self._timer_step(deployment_id, decide))
+        self._tasks.create_task(self._timer_step(deployment_id, slot, decide))
 
-    async def _timer_step(
-        self, deployment_id: str, decide: Callable[[], Awaitable[Change | None]]
-    ) -> None:
+    async def _timer_step(self, deployment_id: str, slot: int, decide: _Decide) -> None:
         try:
             await self._step(deployment_id, decide)
         except Exception:
             # A timer has no delivery to retry; log once here, the boundary, and re-arm.
             _log.exception("timer_failed", deployment_id=deployment_id)
-            self._arm(deployment_id, self._clock() + _TIMER_RETRY, decide)
+            self._arm(deployment_id, slot, self._clock() + _TIMER_RETRY, decide)
+
+    def _cancel(self, deployment_id: str, slot: int) -> None:
+        armed = self._forget(deployment_id, slot)
+        if armed is not None:
+            armed[1].cancel()
+
+    def _forget(self, deployment_id: str, slot: int) -> tuple[datetime, asyncio.TimerHandle] | None:
+        slots = self._timers.get(deployment_id)
+        if slots is None:
+            return None
+        armed = slots.pop(slot, None)
+        if not slots:
+            del self._timers[deployment_id]
+        return armed
 
     def _disarm(self, deployment_id: str) -> None:
-        for handle in self._timers.pop(deployment_id, []):
+        for _, handle in self._timers.pop(deployment_id, {}).values():
             handle.cancel()
 
 
