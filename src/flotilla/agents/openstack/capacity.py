@@ -63,13 +63,13 @@ async def read_snapshot(cloud: Cloud, settings: OpenStackSettings) -> SiteSnapsh
         SiteUnavailableError: an API could not be reached.
     """
     async with task_group() as group:
-        flavors = group.create_task(cloud.call("list flavors", list_flavors))
-        images = group.create_task(cloud.call("list images", list_images))
-        compute = group.create_task(cloud.call("read compute limits", compute_quotas))
-        volume = group.create_task(cloud.call("read volume limits", volume_quotas))
-        network = group.create_task(cloud.call("read network quotas", network_quotas))
-        group.create_task(cloud.call("check networks", partial(check_networks, settings=settings)))
-    available = await cloud.call(
+        flavors = group.create_task(cloud.read("list flavors", list_flavors))
+        images = group.create_task(cloud.read("list images", list_images))
+        compute = group.create_task(cloud.read("read compute limits", compute_quotas))
+        volume = group.create_task(cloud.read("read volume limits", volume_quotas))
+        network = group.create_task(cloud.read("read network quotas", network_quotas))
+        group.create_task(cloud.read("check networks", partial(check_networks, settings=settings)))
+    available = await cloud.read(
         "read free capacity from Placement", partial(free_counts, flavors=flavors.result())
     )
     shapes = [shape_of(f, available=available.get(f.name)) for f in flavors.result()]

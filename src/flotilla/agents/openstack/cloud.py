@@ -21,14 +21,15 @@ from openstack import config as sdk_config
 from openstack import connection as sdk_connection
 from openstack import exceptions as sdk_exceptions
 
-from flotilla.agents.driver import ProvisioningError
+from flotilla.agents.driver import ProvisioningError, SiteUnavailableError
 from flotilla.agents.openstack.config import OpenStackSettings
-from flotilla.agents.openstack.error import site_error
+from flotilla.agents.openstack.error import dropped_connection, site_error
 from flotilla.errors import ConfigurationError, FlotillaError
 
 _log = structlog.get_logger("flotilla.agents.openstack")
 _T = TypeVar("_T")
 _GRACE = 5.0  # seconds the coroutine waits beyond the HTTP timeout
+_READ_PAUSES = (0.2, 1.0)  # before a read is sent again after a dropped connection
 
 
 class CloudState(StrEnum):
@@ -124,6 +125,25 @@ class Cloud:
             if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
+
+    async def read(self, action: str, fn: Callable[[Connection], _T]) -> _T:
+        """``call`` for work that only reads, sent again after a dropped connection.
+
+        The cloud, or a proxy in front of it, may close a pooled connection while it is
+        idle, and the next request on it then fails with a reset. A read can be sent again
+        (twice, after a short pause); a write cannot, as it may have been carried out, so
+        writes go through ``call`` and a failed one goes back to the agent, which retries
+        the whole command. Timeouts and refusals are not tried again here.
+        """
+        for pause in _READ_PAUSES:
+            try:
+                return await self.call(action, fn)
+            except SiteUnavailableError as exc:
+                if not dropped_connection(exc):
+                    raise
+                _log.info("openstack_read_again", action=action, pause=pause, error=str(exc))
+            await asyncio.sleep(pause)
+        return await self.call(action, fn)
 
     async def _settle(self, future: asyncio.Future[Any]) -> None:
         """Let a cancelled call's thread finish (bounded by its own HTTP timeout).

@@ -76,6 +76,21 @@ def site_error(exc: BaseException, *, action: str) -> FlotillaError | None:
     return None
 
 
+def dropped_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a connection the cloud dropped.
+
+    A timeout is not: the cloud may be slow, and a read sent again would wait as long.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ksa.ConnectTimeout | requests.Timeout):
+            return False
+        if isinstance(cause, ksa.ConnectFailure | requests.ConnectionError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def fault_error(fault: Mapping[str, Any] | None, *, server: str) -> ProvisioningError:
     """The error for a server that went to ERROR, from nova's fault record."""
     text = str((fault or {}).get("message") or "the server went to ERROR without a fault")

@@ -66,15 +66,15 @@ async def holdings(cloud: Cloud, names: AttemptNames) -> Holdings:
     """Everything of the attempt, each service asked at once."""
     tag = names.tag
     async with task_group() as group:
-        servers = group.create_task(cloud.call("list servers", lambda c: list_servers(c, tag)))
-        volumes = group.create_task(cloud.call("list volumes", lambda c: list_volumes(c, tag)))
-        ips = group.create_task(cloud.call("list floating IPs", lambda c: list_ips(c, tag)))
+        servers = group.create_task(cloud.read("list servers", lambda c: list_servers(c, tag)))
+        volumes = group.create_task(cloud.read("list volumes", lambda c: list_volumes(c, tag)))
+        ips = group.create_task(cloud.read("list floating IPs", lambda c: list_ips(c, tag)))
         groups = group.create_task(
-            cloud.call("list security groups", lambda c: list_security_groups(c, tag))
+            cloud.read("list security groups", lambda c: list_security_groups(c, tag))
         )
-        networks = group.create_task(cloud.call("list networks", lambda c: list_networks(c, tag)))
+        networks = group.create_task(cloud.read("list networks", lambda c: list_networks(c, tag)))
         keypairs = group.create_task(
-            cloud.call("list keypairs", lambda c: list_keypairs(c, names.prefix))
+            cloud.read("list keypairs", lambda c: list_keypairs(c, names.prefix))
         )
     return Holdings(
         servers=tuple(servers.result()),

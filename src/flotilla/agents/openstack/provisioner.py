@@ -91,7 +91,7 @@ class Provisioner:
         """
         self._report("PREPARING", "looking for resources of this attempt", percent=0)
         have = await holdings(self._cloud, self._names)
-        refs = await self._cloud.call(
+        refs = await self._cloud.read(
             "look up flavors, images and networks",
             partial(resource.references, plan=self._plan, settings=self._settings),
         )
@@ -196,10 +196,10 @@ class Provisioner:
         """Refresh what was made from the cloud; how many servers and volumes are ready."""
         tag = self._names.tag
         servers = {
-            s.id: s for s in await self._cloud.call("list servers", partial(list_servers, tag=tag))
+            s.id: s for s in await self._cloud.read("list servers", partial(list_servers, tag=tag))
         }
         volumes = {
-            v.id: v for v in await self._cloud.call("list volumes", partial(list_volumes, tag=tag))
+            v.id: v for v in await self._cloud.read("list volumes", partial(list_volumes, tag=tag))
         }
         ready = 0
         for name, known in self._made.servers.items():
@@ -220,7 +220,7 @@ class Provisioner:
         """Nova's fault record of a server (listings may leave it out)."""
         if server.fault is not None:
             return server.fault
-        found = await self._cloud.call(
+        found = await self._cloud.read(
             f"read the fault of {server.name}", partial(resource.get_server, server_id=server.id)
         )
         return found.fault if found is not None else None
@@ -257,7 +257,7 @@ class Provisioner:
         if not public:
             return
         self._report("ADDRESSING", f"{len(public)} floating IPs", percent=85)
-        tagged = await self._cloud.call("list floating IPs", partial(list_ips, tag=self._names.tag))
+        tagged = await self._cloud.read("list floating IPs", partial(list_ips, tag=self._names.tag))
         spare = [ip for ip in tagged if ip.port_id is None]
         for plan in public:  # one at a time: two servers must not take the same spare IP
             call = partial(
