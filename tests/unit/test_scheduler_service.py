@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -171,9 +172,12 @@ async def next_command(federation: Federation, site: str) -> Message:
         return await federation.commands[site].get()
 
 
-async def submit(federation: Federation) -> str:
+async def submit(federation: Federation, **fields: Any) -> str:
+    """Request a deployment of physics' template; ``fields`` add to the request."""
     did = new_id()
-    request = DeploymentRequest(deployment_id=did, template="t", owner="ann", group="physics")
+    request = DeploymentRequest(
+        deployment_id=did, template="t", owner="ann", group="physics", **fields
+    )
     message = DeploymentRequested.create(request, source="/portal")
     await federation.upstream.publish(message, route(message))
     return did
@@ -302,16 +306,7 @@ async def test_each_deadline_keeps_one_timer_through_failover(federation: Federa
     """Every step re-arms a deployment's timers from its stored deadlines: the overall
     deadline stays one timer, a failed attempt's timer goes with it, and none is left once
     the deployment is complete."""
-    did = new_id()
-    request = DeploymentRequest(
-        deployment_id=did,
-        template="t",
-        owner="ann",
-        group="physics",
-        timeout=timedelta(hours=1),
-    )
-    message = DeploymentRequested.create(request, source="/portal")
-    await federation.upstream.publish(message, route(message))
+    did = await submit(federation, timeout=timedelta(hours=1))
     await next_command(federation, "alpha")
     assert federation.service.armed_timers == 2  # the overall deadline, attempt 1's
 
@@ -332,16 +327,7 @@ async def test_each_deadline_keeps_one_timer_through_failover(federation: Federa
 async def test_a_silent_site_times_out_and_the_next_one_is_tried(federation: Federation) -> None:
     """alpha never answers: its attempt's deadline fires in the service, alpha is told to
     release and beta gets attempt 2."""
-    did = new_id()
-    request = DeploymentRequest(
-        deployment_id=did,
-        template="t",
-        owner="ann",
-        group="physics",
-        site_timeout=timedelta(milliseconds=200),
-    )
-    message = DeploymentRequested.create(request, source="/portal")
-    await federation.upstream.publish(message, route(message))
+    await submit(federation, site_timeout=timedelta(milliseconds=200))
     await next_command(federation, "alpha")
     release = await next_command(federation, "alpha")
     assert release.type == "flotilla.site.release"
@@ -355,16 +341,7 @@ async def test_the_overall_deadline_fails_the_deployment_and_leaves_no_timer(
 ) -> None:
     """Nobody answers within the overall deadline: the service fails the deployment with the
     timeout as its reason, tells the site to release, and keeps no timer for it."""
-    did = new_id()
-    request = DeploymentRequest(
-        deployment_id=did,
-        template="t",
-        owner="ann",
-        group="physics",
-        timeout=timedelta(milliseconds=300),
-    )
-    message = DeploymentRequested.create(request, source="/portal")
-    await federation.upstream.publish(message, route(message))
+    did = await submit(federation, timeout=timedelta(milliseconds=300))
     await next_command(federation, "alpha")
     failed = await federation.status(did, DeploymentStatus.CREATE_FAILED)
     assert "Timeout" in (failed.data.reason or "")

@@ -220,24 +220,19 @@ class SchedulerService:
             self._arm_overall_timer(deployment_id, change.deployment.deadline)
 
     def _arm_site_timer(self, deployment_id: str, number: int, at: datetime | None) -> None:
-        if at is None:
-            self._cancel(deployment_id, number)
-            return
         self._arm(
-            deployment_id,
-            number,
-            at,
-            lambda: self._lifecycle.site_timed_out(deployment_id, number),
+            deployment_id, number, at, lambda: self._lifecycle.site_timed_out(deployment_id, number)
         )
 
     def _arm_overall_timer(self, deployment_id: str, at: datetime | None) -> None:
-        if at is None:
-            self._cancel(deployment_id, _OVERALL)
-            return
         self._arm(deployment_id, _OVERALL, at, lambda: self._lifecycle.timed_out(deployment_id))
 
-    def _arm(self, deployment_id: str, slot: int, at: datetime, decide: _Decide) -> None:
-        """Fire ``decide`` at ``at``, in place of the slot's timer (kept if it is due then)."""
+    def _arm(self, deployment_id: str, slot: int, at: datetime | None, decide: _Decide) -> None:
+        """Fire ``decide`` at ``at``, in place of the slot's timer (kept if it is due then);
+        no deadline (``at`` None) leaves the slot empty."""
+        if at is None:
+            self._cancel(deployment_id, slot)
+            return
         slots = self._timers.setdefault(deployment_id, {})
         armed = slots.get(slot)
         if armed is not None:
