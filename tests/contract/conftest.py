@@ -240,10 +240,21 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "memory":
         yield MemoryStore()
         return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
-    else:
-        url = pg_url(request.getfixturevalue("pg_database"))
-        await _truncate(url)
-    async with SqlStore(url) as sql_store:
+    async with SqlStore(await _empty_database(request, request.param, tmp_path)) as sql_store:
         yield sql_store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def sql_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    """An empty SqlStore on each database."""
+    async with SqlStore(await _empty_database(request, request.param, tmp_path)) as sql_store:
+        yield sql_store
+
+
+async def _empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """The URL of a new SQLite file, or of this module's PostgreSQL database emptied."""
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'flotilla.db'}"
+    url = pg_url(request.getfixturevalue("pg_database"))
+    await _truncate(url)
+    return url

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import TypeVar
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from flotilla.errors import PermanentError, RetryableError
@@ -351,3 +353,134 @@ async def test_closed_store_refuses_use(tmp_path: Path) -> None:
 
     with pytest.raises(StoreClosedError):
         await store.get(new_id())
+
+
+async def test_concurrent_commits_fail_alone(store: Store) -> None:
+    """Commits made at once each get their own outcome: a stale or refused one fails alone."""
+    settled, updated = make_record(), make_record()
+    v1 = await store.commit(Change(deployment=settled))
+    u1 = await store.commit(Change(deployment=updated))
+    fresh, naive_owner = make_record(), make_record()
+    keys = [f"key-{new_id()}" for _ in range(4)]
+    naive = make_attempt(naive_owner.id, 1, started_at=datetime(2026, 1, 1))
+    changes = [
+        Change(deployment=fresh, outbox=(make_message(fresh.id),), handled_key=keys[0]),
+        Change(
+            deployment=replace(v1, status_reason="stale"),
+            outbox=(make_message(v1.id),),
+            handled_key=keys[1],
+            expected_version=7,
+        ),
+        Change(
+            deployment=naive_owner,
+            attempts=(naive,),
+            outbox=(make_message(naive_owner.id),),
+            handled_key=keys[2],
+        ),
+        Change(
+            deployment=replace(u1, status_reason="second"),
+            attempts=(make_attempt(u1.id, 1),),
+            outbox=(make_message(u1.id),),
+            handled_key=keys[3],
+            expected_version=1,
+        ),
+    ]
+
+    outcomes = await asyncio.gather(*(store.commit(c) for c in changes), return_exceptions=True)
+
+    assert outcomes[0] == replace(fresh, version=1)
+    assert isinstance(outcomes[1], StaleWriteError)
+    assert outcomes[1].deployment_id == v1.id
+    assert isinstance(outcomes[2], PermanentError)
+    assert outcomes[3] == replace(u1, status_reason="second", version=2)
+    assert await store.get(fresh.id) == outcomes[0]
+    assert await store.get(v1.id) == v1
+    assert await store.get(naive_owner.id) is None
+    assert await store.get(u1.id) == outcomes[3]
+    assert await store.attempts(u1.id) == [make_attempt(u1.id, 1)]
+    pending = [entry.message for entry in await store.pending()]
+    assert pending == [changes[0].outbox[0], changes[3].outbox[0]]
+    assert [await store.is_done(key) for key in keys] == [True, False, False, True]
+
+
+async def test_concurrent_commits_keep_the_outbox_and_journal_in_call_order(store: Store) -> None:
+    """Messages of commits made at once are pending, and journaled, in the order of the calls."""
+    records = [make_record() for _ in range(30)]
+    changes = [
+        Change(
+            deployment=record,
+            outbox=(make_message(record.id), make_message(record.id)),
+            journal=(make_message(record.id),),
+        )
+        for record in records
+    ]
+
+    await asyncio.gather(*(store.commit(change) for change in changes))
+
+    pending = [entry.message for entry in await store.pending()]
+    assert pending == [message for change in changes for message in change.outbox]
+    journal = [entry.message for entry in await store.journal_since(0)]
+    assert journal == [change.journal[0] for change in changes]
+
+
+async def test_concurrent_commits_of_one_deployment_are_written_in_turn(store: Store) -> None:
+    """Two commits of the same deployment at once: the first wins, the second is stale."""
+    v1 = await store.commit(Change(deployment=make_record()))
+    first = Change(deployment=replace(v1, status_reason="first"), expected_version=1)
+    second = Change(deployment=replace(v1, status_reason="second"), expected_version=1)
+    overwrite = Change(deployment=replace(v1, status_reason="third"))
+
+    outcomes = await asyncio.gather(
+        store.commit(first), store.commit(second), store.commit(overwrite), return_exceptions=True
+    )
+
+    assert outcomes[0] == replace(first.deployment, version=2)
+    assert isinstance(outcomes[1], StaleWriteError)
+    assert outcomes[2] == replace(overwrite.deployment, version=3)
+    assert await store.get(v1.id) == outcomes[2]
+
+
+async def test_concurrent_reads_each_get_their_answer(store: Store) -> None:
+    """Deployments and handled keys read at once come back each to its caller."""
+    records = [make_record() for _ in range(10)]
+    keys = [f"key-{new_id()}" for _ in records]
+    stored = [
+        await store.commit(Change(deployment=record, handled_key=key))
+        for record, key in zip(records, keys, strict=True)
+    ]
+    missing = [new_id() for _ in range(5)]
+    ids = [r.id for r in records] + missing + [records[0].id]  # one asked twice
+
+    found = await asyncio.gather(*(store.get(deployment_id) for deployment_id in ids))
+    done = await asyncio.gather(*(store.is_done(key) for key in [*keys, *missing]))
+
+    assert found == [*stored, *([None] * len(missing)), stored[0]]
+    assert done == [True] * len(keys) + [False] * len(missing)
+
+
+async def test_commits_made_at_once_share_transactions(sql_store: SqlStore) -> None:
+    """A burst of commits costs a few transactions, not one each (group commit)."""
+    transactions = _count_transactions(sql_store)
+    records = [make_record() for _ in range(40)]
+
+    committed = await asyncio.gather(*(sql_store.commit(Change(deployment=r)) for r in records))
+    written = transactions()
+    found = await asyncio.gather(*(sql_store.get(r.id) for r in records))
+
+    # Calls made while a batch is written wait for the next one: a few batches at most.
+    assert written <= 3
+    assert transactions() - written <= 3
+    assert found == committed == [replace(r, version=1) for r in records]
+
+
+def _count_transactions(store: SqlStore) -> Callable[[], int]:
+    """A counter of the transactions ``store`` begins from now on."""
+    began = 0
+
+    def count(_conn: object) -> None:
+        nonlocal began
+        began += 1
+
+    engine = store._require_open()  # the engine is what begins transactions
+    event.listen(engine.sync_engine, "begin", count)
+    return lambda: began

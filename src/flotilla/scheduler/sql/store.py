@@ -1,24 +1,41 @@
 """``SqlStore``: the scheduler's ``Store`` on SQLAlchemy 2 async, SQLite or PostgreSQL.
 
-Every ``commit`` is one transaction: the deployment (guarded by its version), its attempts,
-its outbox messages and the handled key are all written, or none is. That is the
-transactional outbox: a crash never loses a decision nor publishes one that was not stored.
+Every ``commit`` is atomic: the deployment (guarded by its version), its attempts, its
+outbox messages and the handled key are all written, or none is. That is the transactional
+outbox: a crash never loses a decision nor publishes one that was not stored.
+
+Commits, deployment reads and handled-key lookups are grouped (``Batcher``): those that
+arrive while the database is busy go out together, in one transaction with one statement
+per kind of row, which is what lets one scheduler place hundreds of requests a second.
+A change the database refuses is written again alone, so it fails alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, RowMapping, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    RowMapping,
+    String,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from flotilla.errors import MessageDecodeError
+from flotilla.errors import FlotillaError, MessageDecodeError
 from flotilla.scheduler.model import (
     AttemptOutcome,
     AttemptRecord,
@@ -29,8 +46,9 @@ from flotilla.scheduler.model import (
     OutboxEntry,
     journal_deployment_id,
 )
+from flotilla.scheduler.sql.batch import Batcher, Outcome
 from flotilla.scheduler.sql.engine import create_engine
-from flotilla.scheduler.sql.error import StoreClosedError, translated
+from flotilla.scheduler.sql.error import DatabaseError, StoreClosedError, translated
 from flotilla.scheduler.sql.migration import upgrade_to_head
 from flotilla.scheduler.sql.table import (
     AttemptRow,
@@ -53,6 +71,8 @@ from flotilla.schemas import (
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
+BATCH_LIMIT = 128
+"""The most calls of one kind written or read in one transaction."""
 
 
 class StoreState(StrEnum):
@@ -85,6 +105,11 @@ class SqlStore:
         self._engine: AsyncEngine | None = None
         self._state = StoreState.UNOPENED
         self._sql: _Statements | None = None
+        self._commits = Batcher(
+            self._commit_batch, limit=BATCH_LIMIT, key=lambda change: change.deployment.id
+        )
+        self._gets = Batcher(self._get_batch, limit=BATCH_LIMIT)
+        self._done_keys = Batcher(self._done_batch, limit=BATCH_LIMIT)
 
     @classmethod
     async def open(
@@ -118,23 +143,24 @@ class SqlStore:
         await self.close()
 
     async def close(self) -> None:
-        """Close every pooled connection; safe to call twice."""
+        """Close every pooled connection; safe to call twice.
+
+        Calls already queued are refused with ``StoreClosedError``; a batch being written
+        finishes first.
+        """
         if self._state is StoreState.CLOSED:
             return
         self._state = StoreState.CLOSED
+        for batcher in (self._commits, self._gets, self._done_keys):
+            await batcher.wait_idle()
         if self._engine is not None:
             async with translated("close the store", timeout=self._timeout):
                 await self._engine.dispose()
 
     async def get(self, deployment_id: str) -> DeploymentRecord | None:
         """One deployment, if it exists."""
-
-        async def work(conn: AsyncConnection) -> DeploymentRecord | None:
-            query = self._statements().get_deployment
-            row = (await conn.execute(query, {"match_id": deployment_id})).mappings().one_or_none()
-            return None if row is None else _deployment(row)
-
-        return await self._run("read a deployment", work)
+        self._require_open()
+        return await self._gets(deployment_id)
 
     async def attempts(self, deployment_id: str) -> list[AttemptRecord]:
         """A deployment's attempts, first to last."""
@@ -156,33 +182,24 @@ class SqlStore:
         return await self._run("list in-flight deployments", work)
 
     async def commit(self, change: Change) -> DeploymentRecord:
-        """Write a change in one transaction and return the deployment with its new version.
+        """Write a change atomically and return the deployment with its new version.
+
+        Changes committed at the same time share a transaction; messages reach the outbox
+        and the journal in the order of the ``commit`` calls.
 
         Raises:
             StaleWriteError: ``expected_version`` no longer matches the stored one; nothing
                 of the change is written.
+            DatabaseError: the database refused the change; nothing of it is written.
             DatabaseUnavailableError: the database could not be reached in time.
         """
-
-        async def work(conn: AsyncConnection) -> DeploymentRecord:
-            version = await self._write_deployment(conn, change)
-            await self._write_attempts(conn, change)
-            await self._write_outbox(conn, change)
-            await self._write_journal(conn, change.journal)
-            if change.handled_key is not None:
-                await self._write_key(conn, change.handled_key)
-            return replace(change.deployment, version=version)
-
-        return await self._run("commit a deployment change", work)
+        self._require_open()
+        return await self._commits(change)
 
     async def is_done(self, key: str) -> bool:
         """Whether the message with this idempotency key was already handled."""
-
-        async def work(conn: AsyncConnection) -> bool:
-            query = self._statements().get_key
-            return (await conn.execute(query, {"match_key": key})).first() is not None
-
-        return await self._run("read a handled key", work)
+        self._require_open()
+        return await self._done_keys(key)
 
     async def mark_done(self, key: str) -> None:
         """Record a handled key outside of a change (for messages that change nothing)."""
@@ -346,19 +363,103 @@ class SqlStore:
         assert self._sql is not None  # made when the store opened
         return self._sql
 
-    async def _write_deployment(self, conn: AsyncConnection, change: Change) -> int:
-        """Insert or update the deployment row and return its new version."""
+    async def _get_batch(self, ids: list[str]) -> list[Outcome[DeploymentRecord | None]]:
+        """The deployments of ``ids`` (None where there is none), in one query."""
+
+        async def work(conn: AsyncConnection) -> dict[str, RowMapping]:
+            query = self._statements().get_deployments
+            rows = (await conn.execute(query, {"match_ids": sorted(set(ids))})).mappings()
+            return {row["id"]: row for row in rows}
+
+        found = await self._run("read deployments", work)
+        return [_outcome(_deployment, found.get(deployment_id)) for deployment_id in ids]
+
+    async def _done_batch(self, keys: list[str]) -> list[Outcome[bool]]:
+        """Which of ``keys`` were handled, in one query."""
+
+        async def work(conn: AsyncConnection) -> set[str]:
+            query = self._statements().get_keys
+            return set((await conn.execute(query, {"match_keys": sorted(set(keys))})).scalars())
+
+        done = await self._run("read handled keys", work)
+        return [key in done for key in keys]
+
+    async def _commit_batch(self, changes: list[Change]) -> list[Outcome[DeploymentRecord]]:
+        """Write ``changes`` in one transaction; when the database refuses it, each alone.
+
+        A stale change fails alone inside the batch. A refused statement (a constraint, a
+        value the column takes not) undoes the whole transaction without saying whose row
+        it was, so each change is then written in a transaction of its own. A database
+        that cannot be reached fails the whole batch.
+        """
+
+        async def work(conn: AsyncConnection) -> list[Outcome[DeploymentRecord]]:
+            return await self._write_changes(conn, changes)
+
+        what = "commit a deployment change"
+        if len(changes) == 1:
+            return await self._run(what, work)
+        try:
+            return await self._run(f"commit {len(changes)} deployment changes", work)
+        except DatabaseError:
+            return [await _settled(self._commit_batch([change])) for change in changes]
+
+    async def _write_changes(
+        self, conn: AsyncConnection, changes: list[Change]
+    ) -> list[Outcome[DeploymentRecord]]:
+        """Write each change's rows, a statement per kind of row (each deployment once)."""
         sql = self._statements()
-        values = _deployment_values(change.deployment)
+        created = [c.deployment.id for c in changes if c.expected_version is None]
+        stored: dict[str, int] = {}
+        if created:
+            rows = await conn.execute(sql.get_versions, {"match_ids": created})
+            stored = {row.id: row.version for row in rows}
+        outcomes: list[Outcome[DeploymentRecord]] = []
+        upserts: list[dict[str, Any]] = []
+        kept: list[Change] = []
+        for change in changes:
+            values = _deployment_values(change.deployment)
+            if change.expected_version is None:
+                # Like MemoryStore: no expectation means create, or overwrite what is there.
+                # The statement counts the stored version up itself; the one read above is
+                # what it finds unless another process writes the same deployment meanwhile,
+                # and then the next guarded write of this one is refused as stale.
+                upserts.append({**values, "version": 1})
+                version = stored.get(change.deployment.id, 0) + 1
+            else:
+                try:
+                    version = await self._update_deployment(conn, change, values)
+                except StaleWriteError as exc:
+                    outcomes.append(exc)
+                    continue
+            kept.append(change)
+            outcomes.append(replace(change.deployment, version=version))
+        now = utc_now()
+        for statement, params in (
+            (sql.upsert_deployment, upserts),
+            (
+                sql.upsert_attempt,
+                [_attempt_values(a, c.deployment.id) for c in kept for a in c.attempts],
+            ),
+            (sql.insert_outbox, [_outbox_values(m, now) for c in kept for m in c.outbox]),
+            (sql.insert_journal, [_journal_values(m, now) for c in kept for m in c.journal]),
+            (sql.insert_key, [_key_values(c.handled_key, now) for c in kept if c.handled_key]),
+        ):
+            # Rows go one by one in the given order (executemany), so the outbox and the
+            # journal number them in the order of the changes on every dialect.
+            if params:
+                await conn.execute(statement, params)
+        return outcomes
+
+    async def _update_deployment(
+        self, conn: AsyncConnection, change: Change, values: dict[str, Any]
+    ) -> int:
+        """Update a deployment guarded by its expected version and return the new version."""
         expected = change.expected_version
-        if expected is None:
-            # Like MemoryStore: no expectation means create, or overwrite whatever is there.
-            result = await conn.execute(sql.upsert_deployment, {**values, "version": 1})
-            return int(result.scalar_one())
-        del values["id"]
-        guard = {"match_id": change.deployment.id, "match_version": expected}
+        assert expected is not None  # only guarded changes come here
+        guard = {"match_id": values.pop("id"), "match_version": expected}
         updated = await conn.execute(
-            sql.update_deployment, {**values, "version": expected + 1, **guard}
+            self._statements().update_deployment, {**values, "version": expected + 1, **guard}
         )
         if updated.rowcount == 0:
             stored = await conn.scalar(
@@ -370,42 +471,16 @@ class SqlStore:
             )
         return expected + 1
 
-    async def _write_attempts(self, conn: AsyncConnection, change: Change) -> None:
-        """Upsert the touched attempts by (deployment, number)."""
-        for attempt in change.attempts:
-            values = _attempt_values(attempt, change.deployment.id)
-            await conn.execute(self._statements().upsert_attempt, values)
-
-    async def _write_outbox(self, conn: AsyncConnection, change: Change) -> None:
-        """Append the change's messages to the outbox, in order."""
-        if not change.outbox:
-            return
-        now = utc_now()
-        rows = [
-            {"message_id": m.id, "message": encode(m).decode(), "created_at": now}
-            for m in change.outbox
-        ]
-        # One row per statement keeps the sequence in the change's order on every dialect.
-        for row in rows:
-            await conn.execute(self._statements().insert_outbox, row)
-
     async def _write_journal(self, conn: AsyncConnection, messages: Sequence[Envelope]) -> None:
         """Append events to the journal in order; an id already there is skipped."""
         now = utc_now()
-        # One row per statement keeps the sequence in the given order on every dialect.
-        for message in messages:
-            row = {
-                "message_id": message.id,
-                "deployment_id": journal_deployment_id(message),
-                "type": getattr(message, "type", type(message).__name__),
-                "time": now,
-                "message": encode(message).decode(),
-            }
-            await conn.execute(self._statements().insert_journal, row)
+        if messages:
+            rows = [_journal_values(message, now) for message in messages]
+            await conn.execute(self._statements().insert_journal, rows)
 
     async def _write_key(self, conn: AsyncConnection, key: str) -> None:
         """Insert a handled key unless it is already there (marking twice is harmless)."""
-        await conn.execute(self._statements().insert_key, {"key": key, "created_at": utc_now()})
+        await conn.execute(self._statements().insert_key, _key_values(key, utc_now()))
 
     def _insert(self, table: type[Any]) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which has ``ON CONFLICT`` on both SQLite and PostgreSQL."""
@@ -427,9 +502,10 @@ class _Statements:
     of building, coercing and keying a new statement with the values inside for every call.
     """
 
-    get_deployment: Any
+    get_deployments: Any
+    get_versions: Any
     get_attempts: Any
-    get_key: Any
+    get_keys: Any
     upsert_deployment: Any
     update_deployment: Any
     upsert_attempt: Any
@@ -452,19 +528,21 @@ def _statements(dialect: str) -> _Statements:
     dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     deployment = dialect_insert(DeploymentRow)
     attempt = dialect_insert(AttemptRow)
+    deployment_ids = _one_of(DeploymentRow.id, "match_ids", dialect)
     return _Statements(
-        get_deployment=select(DeploymentRow).where(DeploymentRow.id == bindparam("match_id")),
+        get_deployments=select(DeploymentRow).where(deployment_ids),
+        get_versions=select(DeploymentRow.id, DeploymentRow.version).where(deployment_ids),
         get_attempts=select(AttemptRow)
         .where(AttemptRow.deployment_id == bindparam("match_id"))
         .order_by(AttemptRow.number),
-        get_key=select(HandledKeyRow.key).where(HandledKeyRow.key == bindparam("match_key")),
+        get_keys=select(HandledKeyRow.key).where(_one_of(HandledKeyRow.key, "match_keys", dialect)),
         upsert_deployment=deployment.on_conflict_do_update(
             index_elements=[DeploymentRow.id],
             set_={
                 **{name: deployment.excluded[name] for name in _DEPLOYMENT_COLUMNS},
                 "version": DeploymentRow.version + 1,
             },
-        ).returning(DeploymentRow.version),
+        ),
         # The columns set are the parameters' keys; match_* are the guard's.
         update_deployment=update(DeploymentRow).where(
             DeploymentRow.id == bindparam("match_id"),
@@ -482,6 +560,54 @@ def _statements(dialect: str) -> _Statements:
             index_elements=[HandledKeyRow.key]
         ),
     )
+
+
+def _one_of(column: Any, name: str, dialect: str) -> Any:
+    """``column`` is one of the list passed as ``name``.
+
+    PostgreSQL takes the list as one array, so the statement is the same whatever its
+    length and is prepared once; SQLite gets an ``IN`` with one parameter per value.
+    """
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _outcome(convert: Callable[[RowMapping], T], row: RowMapping | None) -> Outcome[T | None]:
+    """``convert(row)``, None for no row, or the error converting it raised."""
+    if row is None:
+        return None
+    try:
+        return convert(row)
+    except Exception as exc:
+        return exc
+
+
+async def _settled(outcomes: Awaitable[list[Outcome[T]]]) -> Outcome[T]:
+    """The one outcome of a batch of one, its error included."""
+    try:
+        [outcome] = await outcomes
+    except FlotillaError as exc:
+        return exc
+    return outcome
+
+
+def _outbox_values(message: Envelope, now: datetime) -> dict[str, Any]:
+    return {"message_id": message.id, "message": encode(message).decode(), "created_at": now}
+
+
+def _journal_values(message: Envelope, now: datetime) -> dict[str, Any]:
+    return {
+        "message_id": message.id,
+        "deployment_id": journal_deployment_id(message),
+        "type": getattr(message, "type", type(message).__name__),
+        "time": now,
+        "message": encode(message).decode(),
+    }
+
+
+def _key_values(key: str, now: datetime) -> dict[str, Any]:
+    return {"key": key, "created_at": now}
 
 
 def _deployment_values(record: DeploymentRecord) -> dict[str, Any]:
