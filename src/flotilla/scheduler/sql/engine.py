@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -52,14 +53,22 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
     """An async engine with the per-dialect settings Flotilla relies on.
 
     SQLite gets foreign keys, WAL and a busy timeout; PostgreSQL gets TCP keepalives.
+    JSON columns are written and read with pydantic-core's JSON, which the scheduler's
+    rows (requests, rankings) go through several times faster than the standard library's.
     """
     parsed = parse_url(url)
+    options.setdefault("json_serializer", _json_text)
+    options.setdefault("json_deserializer", pydantic_core.from_json)
     if parsed.get_backend_name() == "postgresql":
         connect_args = {"server_settings": _PG_KEEPALIVES}
         return create_async_engine(parsed, connect_args=connect_args, **options)
     engine = create_async_engine(parsed, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return pydantic_core.to_json(value).decode()
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
