@@ -240,9 +240,33 @@ async def test_expected_version_of_a_missing_deployment_is_stale(store: Store) -
     record = make_record()
 
     with pytest.raises(StaleWriteError):
-        await store.commit(Change(deployment=record, expected_version=0))
+        await store.commit(Change(deployment=record, expected_version=1))
 
     assert await store.get(record.id) is None
+
+
+async def test_expected_version_zero_creates_and_never_overwrites(store: Store) -> None:
+    """Version 0 creates a deployment; a second create of its id is stale and writes nothing."""
+    record = make_record()
+    key = f"again-{new_id()}"
+    created = await store.commit(Change(deployment=record, expected_version=0))
+    again = Change(
+        deployment=replace(record, status_reason="again"),
+        attempts=(make_attempt(record.id, 1),),
+        outbox=(make_message(record.id),),
+        handled_key=key,
+        expected_version=0,
+    )
+
+    with pytest.raises(StaleWriteError) as raised:
+        await store.commit(again)
+
+    assert created == replace(record, version=1)
+    assert raised.value.deployment_id == record.id
+    assert await store.get(record.id) == created
+    assert await store.attempts(record.id) == []
+    assert await store.pending() == []
+    assert not await store.is_done(key)
 
 
 async def test_handled_keys(store: Store) -> None:
@@ -357,14 +381,20 @@ async def test_closed_store_refuses_use(tmp_path: Path) -> None:
 
 async def test_concurrent_commits_fail_alone(store: Store) -> None:
     """Commits made at once each get their own outcome: a stale or refused one fails alone."""
-    settled, updated = make_record(), make_record()
+    settled, updated, taken = make_record(), make_record(), make_record()
     v1 = await store.commit(Change(deployment=settled))
     u1 = await store.commit(Change(deployment=updated))
+    t1 = await store.commit(Change(deployment=taken))
     fresh, naive_owner = make_record(), make_record()
-    keys = [f"key-{new_id()}" for _ in range(4)]
+    keys = [f"key-{new_id()}" for _ in range(5)]
     naive = make_attempt(naive_owner.id, 1, started_at=datetime(2026, 1, 1))
     changes = [
-        Change(deployment=fresh, outbox=(make_message(fresh.id),), handled_key=keys[0]),
+        Change(
+            deployment=fresh,
+            outbox=(make_message(fresh.id),),
+            handled_key=keys[0],
+            expected_version=0,
+        ),
         Change(
             deployment=replace(v1, status_reason="stale"),
             outbox=(make_message(v1.id),),
@@ -384,6 +414,12 @@ async def test_concurrent_commits_fail_alone(store: Store) -> None:
             handled_key=keys[3],
             expected_version=1,
         ),
+        Change(
+            deployment=replace(t1, status_reason="created twice"),
+            outbox=(make_message(t1.id),),
+            handled_key=keys[4],
+            expected_version=0,
+        ),
     ]
 
     outcomes = await asyncio.gather(*(store.commit(c) for c in changes), return_exceptions=True)
@@ -393,6 +429,8 @@ async def test_concurrent_commits_fail_alone(store: Store) -> None:
     assert outcomes[1].deployment_id == v1.id
     assert isinstance(outcomes[2], PermanentError)
     assert outcomes[3] == replace(u1, status_reason="second", version=2)
+    assert isinstance(outcomes[4], StaleWriteError)
+    assert await store.get(t1.id) == t1
     assert await store.get(fresh.id) == outcomes[0]
     assert await store.get(v1.id) == v1
     assert await store.get(naive_owner.id) is None
@@ -400,7 +438,7 @@ async def test_concurrent_commits_fail_alone(store: Store) -> None:
     assert await store.attempts(u1.id) == [make_attempt(u1.id, 1)]
     pending = [entry.message for entry in await store.pending()]
     assert pending == [changes[0].outbox[0], changes[3].outbox[0]]
-    assert [await store.is_done(key) for key in keys] == [True, False, False, True]
+    assert [await store.is_done(key) for key in keys] == [True, False, False, True, False]
 
 
 async def test_concurrent_commits_keep_the_outbox_and_journal_in_call_order(store: Store) -> None:

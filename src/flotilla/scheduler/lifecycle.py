@@ -528,7 +528,7 @@ class Lifecycle:
             outbox=outbox,
             journal=journal,
             handled_key=cause.id if cause else None,
-            expected_version=record.version or None,
+            expected_version=record.version,  # 0 for a new deployment: create it
         )
 
 

@@ -86,6 +86,10 @@ class Change:
     to keep in the deployment's journal and the idempotency key of the message that caused
     the step are written in one transaction, so a crash never loses a decision nor
     publishes one that was not stored, and the journal never disagrees with the state.
+
+    ``expected_version`` guards the deployment: ``0`` creates it (no deployment may have
+    its id yet), ``n`` updates it only at version ``n``, and ``None`` writes whatever is
+    stored. The lifecycle always guards; ``None`` is for tools and tests.
     """
 
     deployment: DeploymentRecord

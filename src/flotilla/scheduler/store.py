@@ -61,7 +61,8 @@ class Store(Protocol):
         """Write a change atomically and return the deployment with its new version.
 
         Raises:
-            StaleWriteError: ``expected_version`` no longer matches the stored one.
+            StaleWriteError: ``expected_version`` no longer matches the stored one (for
+                ``0``: the deployment exists already).
         """
         ...
 
@@ -164,14 +165,16 @@ class MemoryStore:
         for message in change.journal:
             journal_deployment_id(message)  # refuse before writing anything
         current = self._deployments.get(change.deployment.id)
-        stored_version = current.version if current else None
+        stored_version = current.version if current else 0  # 0: not stored yet
         if change.expected_version is not None and stored_version != change.expected_version:
             raise StaleWriteError(
-                f"deployment changed (version {stored_version},"
+                "deployment already exists"
+                if change.expected_version == 0
+                else f"deployment changed (version {stored_version or None},"
                 f" expected {change.expected_version})",
                 deployment_id=change.deployment.id,
             )
-        record = replace(change.deployment, version=(stored_version or 0) + 1)
+        record = replace(change.deployment, version=stored_version + 1)
         self._deployments[record.id] = record
         for attempt in change.attempts:
             self._attempts.setdefault(record.id, {})[attempt.number] = attempt

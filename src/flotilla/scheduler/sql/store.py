@@ -170,7 +170,7 @@ class SqlStore:
             rows = (await conn.execute(query, {"match_id": deployment_id})).mappings()
             return [_attempt(row) for row in rows]
 
-        return await self._run("read attempts", work)
+        return await self._alone("read attempts", work)
 
     async def in_flight(self) -> list[DeploymentRecord]:
         """Deployments with an operation in progress, to resume after a restart."""
@@ -179,7 +179,7 @@ class SqlStore:
             query = select(DeploymentRow).where(DeploymentRow.operation.is_not(None))
             return [_deployment(row) for row in (await conn.execute(query)).mappings()]
 
-        return await self._run("list in-flight deployments", work)
+        return await self._alone("list in-flight deployments", work)
 
     async def commit(self, change: Change) -> DeploymentRecord:
         """Write a change atomically and return the deployment with its new version.
@@ -207,7 +207,7 @@ class SqlStore:
         async def work(conn: AsyncConnection) -> None:
             await self._write_key(conn, key)
 
-        await self._run("record a handled key", work)
+        await self._alone("record a handled key", work)
 
     async def pending(self, limit: int = 100) -> list[OutboxEntry]:
         """Outbox messages not yet published, oldest first.
@@ -220,7 +220,7 @@ class SqlStore:
             query = select(OutboxRow).order_by(OutboxRow.sequence).limit(limit)
             return [_entry(row) for row in (await conn.execute(query)).mappings()]
 
-        return await self._run("read the outbox", work)
+        return await self._alone("read the outbox", work)
 
     async def mark_sent(self, sequences: list[int]) -> None:
         """Remove published messages from the outbox."""
@@ -230,7 +230,7 @@ class SqlStore:
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(delete(OutboxRow).where(OutboxRow.sequence.in_(sequences)))
 
-        await self._run("remove sent messages", work)
+        await self._alone("remove sent messages", work)
 
     async def record(self, messages: Sequence[Envelope]) -> None:
         """Append events to their deployments' journals outside of a change.
@@ -263,7 +263,7 @@ class SqlStore:
             )
             return [_journal_entry(row) for row in (await conn.execute(query)).mappings()]
 
-        return await self._run("read a journal", work)
+        return await self._alone("read a journal", work)
 
     async def journal_since(self, after: int = 0, *, limit: int = 500) -> list[JournalEntry]:
         """Every deployment's journal entries with a sequence above ``after``, oldest first.
@@ -281,7 +281,7 @@ class SqlStore:
             )
             return [_journal_entry(row) for row in (await conn.execute(query)).mappings()]
 
-        return await self._run("read the journal", work)
+        return await self._alone("read the journal", work)
 
     async def journal_head(self) -> int:
         """The highest journal sequence written so far (0 for an empty journal)."""
@@ -290,7 +290,7 @@ class SqlStore:
             head = await conn.scalar(select(func.max(JournalRow.sequence)))
             return int(head or 0)
 
-        return await self._run("read the journal head", work)
+        return await self._alone("read the journal head", work)
 
     async def list_deployments(
         self,
@@ -335,7 +335,7 @@ class SqlStore:
             position = await conn.scalar(query)
             return None if position is None else int(position)
 
-        return await self._run("read a cursor", work)
+        return await self._alone("read a cursor", work)
 
     async def save_cursor(self, name: str, position: int) -> None:
         """Save the journal position of the reader ``name``."""
@@ -350,12 +350,26 @@ class SqlStore:
                 )
             )
 
-        await self._run("save a cursor", work)
+        await self._alone("save a cursor", work)
 
     async def _run(self, what: str, work: Work[T]) -> T:
         """Run ``work`` in one transaction, bounded and with errors translated."""
         engine = self._require_open()
         async with translated(what, timeout=self._timeout), engine.begin() as conn:
+            return await work(conn)
+
+    async def _alone(self, what: str, work: Work[T]) -> T:
+        """Run ``work``, one statement, with no transaction around it (bounded, translated).
+
+        A single statement is atomic by itself; leaving out BEGIN and COMMIT saves two
+        round trips to the database, which under load wait their turn in the event loop.
+        """
+        engine = self._require_open()
+        async with (
+            translated(what, timeout=self._timeout),
+            engine.connect() as conn,
+        ):
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             return await work(conn)
 
     def _statements(self) -> _Statements:
@@ -371,7 +385,7 @@ class SqlStore:
             rows = (await conn.execute(query, {"match_ids": sorted(set(ids))})).mappings()
             return {row["id"]: row for row in rows}
 
-        found = await self._run("read deployments", work)
+        found = await self._alone("read deployments", work)
         return [_outcome(_deployment, found.get(deployment_id)) for deployment_id in ids]
 
     async def _done_batch(self, keys: list[str]) -> list[Outcome[bool]]:
@@ -381,7 +395,7 @@ class SqlStore:
             query = self._statements().get_keys
             return set((await conn.execute(query, {"match_keys": sorted(set(keys))})).scalars())
 
-        done = await self._run("read handled keys", work)
+        done = await self._alone("read handled keys", work)
         return [key in done for key in keys]
 
     async def _commit_batch(self, changes: list[Change]) -> list[Outcome[DeploymentRecord]]:
@@ -407,28 +421,37 @@ class SqlStore:
     async def _write_changes(
         self, conn: AsyncConnection, changes: list[Change]
     ) -> list[Outcome[DeploymentRecord]]:
-        """Write each change's rows, a statement per kind of row (each deployment once)."""
+        """Write each change's rows, a statement per kind of row (each deployment once).
+
+        The deployment comes first: created (expected version 0) if no row has its id,
+        updated if its version is the one expected, or (no expectation) written over.
+        A change whose deployment is refused as stale writes nothing else.
+        """
         sql = self._statements()
-        created = [c.deployment.id for c in changes if c.expected_version is None]
-        stored: dict[str, int] = {}
-        if created:
-            rows = await conn.execute(sql.get_versions, {"match_ids": created})
-            stored = {row.id: row.version for row in rows}
+        values = {c.deployment.id: _deployment_values(c.deployment) for c in changes}
+        created = await self._create_deployments(
+            conn, [values[c.deployment.id] for c in changes if c.expected_version == 0]
+        )
+        overwritten = await self._overwrite_deployments(
+            conn, [values[c.deployment.id] for c in changes if c.expected_version is None]
+        )
         outcomes: list[Outcome[DeploymentRecord]] = []
-        upserts: list[dict[str, Any]] = []
         kept: list[Change] = []
         for change in changes:
-            values = _deployment_values(change.deployment)
+            deployment_id = change.deployment.id
             if change.expected_version is None:
-                # Like MemoryStore: no expectation means create, or overwrite what is there.
-                # The statement counts the stored version up itself; the one read above is
-                # what it finds unless another process writes the same deployment meanwhile,
-                # and then the next guarded write of this one is refused as stale.
-                upserts.append({**values, "version": 1})
-                version = stored.get(change.deployment.id, 0) + 1
+                version = overwritten[deployment_id]
+            elif change.expected_version == 0:
+                if deployment_id not in created:
+                    stale = StaleWriteError(
+                        "deployment already exists", deployment_id=deployment_id
+                    )
+                    outcomes.append(stale)
+                    continue
+                version = 1
             else:
                 try:
-                    version = await self._update_deployment(conn, change, values)
+                    version = await self._update_deployment(conn, change, values[deployment_id])
                 except StaleWriteError as exc:
                     outcomes.append(exc)
                     continue
@@ -436,7 +459,6 @@ class SqlStore:
             outcomes.append(replace(change.deployment, version=version))
         now = utc_now()
         for statement, params in (
-            (sql.upsert_deployment, upserts),
             (
                 sql.upsert_attempt,
                 [_attempt_values(a, c.deployment.id) for c in kept for a in c.attempts],
@@ -451,15 +473,45 @@ class SqlStore:
                 await conn.execute(statement, params)
         return outcomes
 
+    async def _create_deployments(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> set[str]:
+        """Insert the deployments no row has the id of yet, in one statement; their ids."""
+        if not rows:
+            return set()
+        inserted = await conn.execute(
+            self._statements().create_deployments, [{**row, "version": 1} for row in rows]
+        )
+        return set(inserted.scalars())
+
+    async def _overwrite_deployments(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> dict[str, int]:
+        """Create or overwrite deployments whatever their version; their new versions.
+
+        Like MemoryStore: no expectation means create, or write over what is there. The
+        statement counts the stored version up itself; the one read first is what it finds
+        unless another process writes the same deployment meanwhile, and then the next
+        guarded write of this one is refused as stale.
+        """
+        if not rows:
+            return {}
+        sql = self._statements()
+        found = await conn.execute(sql.get_versions, {"match_ids": [row["id"] for row in rows]})
+        stored: dict[str, int] = {row.id: row.version for row in found}
+        await conn.execute(sql.upsert_deployment, [{**row, "version": 1} for row in rows])
+        return {row["id"]: stored.get(row["id"], 0) + 1 for row in rows}
+
     async def _update_deployment(
         self, conn: AsyncConnection, change: Change, values: dict[str, Any]
     ) -> int:
         """Update a deployment guarded by its expected version and return the new version."""
         expected = change.expected_version
         assert expected is not None  # only guarded changes come here
-        guard = {"match_id": values.pop("id"), "match_version": expected}
+        guard = {"match_id": change.deployment.id, "match_version": expected}
+        columns = {name: value for name, value in values.items() if name != "id"}
         updated = await conn.execute(
-            self._statements().update_deployment, {**values, "version": expected + 1, **guard}
+            self._statements().update_deployment, {**columns, "version": expected + 1, **guard}
         )
         if updated.rowcount == 0:
             stored = await conn.scalar(
@@ -506,6 +558,7 @@ class _Statements:
     get_versions: Any
     get_attempts: Any
     get_keys: Any
+    create_deployments: Any
     upsert_deployment: Any
     update_deployment: Any
     upsert_attempt: Any
@@ -536,6 +589,10 @@ def _statements(dialect: str) -> _Statements:
         .where(AttemptRow.deployment_id == bindparam("match_id"))
         .order_by(AttemptRow.number),
         get_keys=select(HandledKeyRow.key).where(_one_of(HandledKeyRow.key, "match_keys", dialect)),
+        # Given a list, one INSERT with a row of values each; RETURNING names those inserted.
+        create_deployments=deployment.on_conflict_do_nothing(
+            index_elements=[DeploymentRow.id]
+        ).returning(DeploymentRow.id),
         upsert_deployment=deployment.on_conflict_do_update(
             index_elements=[DeploymentRow.id],
             set_={
