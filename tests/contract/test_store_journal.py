@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from datetime import timedelta
@@ -12,6 +13,7 @@ from alembic import command
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from flotilla.errors import PermanentError
 from flotilla.scheduler.model import Change, DeploymentRecord
 from flotilla.scheduler.sql import SqlStore
 from flotilla.scheduler.sql.migration import alembic_config
@@ -20,8 +22,11 @@ from flotilla.schemas import (
     DeploymentStatus,
     DeploymentStatusChanged,
     Envelope,
+    Lease,
     Progress,
     ProgressReported,
+    SiteKind,
+    SiteLease,
     StatusChange,
     new_id,
 )
@@ -105,6 +110,32 @@ async def test_a_message_is_journaled_once(store: Store) -> None:
     await store.record([])
 
     assert messages(await store.journal(record.id)) == [report]
+
+
+async def test_events_recorded_at_once_keep_their_order_and_fail_alone(store: Store) -> None:
+    """Concurrent ``record`` calls journal in call order; one naming no deployment fails
+    and writes none of its events, the others are kept."""
+    first, second = make_record(), make_record()
+    for record in (first, second):
+        await store.commit(Change(deployment=record))
+    calls = [[progress(first.id, f"{n}%"), progress(second.id, f"{n}%")] for n in range(10)]
+    lease = Lease(
+        site="alpha",
+        kind=SiteKind.SLURM,
+        ttl=timedelta(seconds=5),
+        sequence=1,
+        agent_instance="test",
+    )
+    orphan = SiteLease.create(lease, source="/sites/alpha")
+    refused = [progress(first.id, "never"), orphan]
+    calls.insert(5, refused)
+
+    outcomes = await asyncio.gather(*(store.record(c) for c in calls), return_exceptions=True)
+
+    assert [type(o) for o in outcomes] == [*[type(None)] * 5, PermanentError, *[type(None)] * 5]
+    kept = [c for c in calls if c is not refused]
+    assert messages(await store.journal(first.id)) == [c[0] for c in kept]
+    assert messages(await store.journal_since(0)) == [m for c in kept for m in c]
 
 
 async def test_a_stale_change_journals_nothing(store: Store) -> None:

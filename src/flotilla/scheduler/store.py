@@ -254,10 +254,10 @@ class MemoryStore:
 
     def _append(self, messages: Sequence[Envelope]) -> None:
         now = utc_now()
-        for message in messages:
+        deployment_ids = [journal_deployment_id(m) for m in messages]  # all, or none written
+        for message, deployment_id in zip(messages, deployment_ids, strict=True):
             if message.id in self._journaled:
                 continue
-            deployment_id = journal_deployment_id(message)
             self._journal_sequence += 1
             sequence = self._journal_sequence
             self._journal[sequence] = JournalEntry(

@@ -70,6 +70,8 @@ from flotilla.schemas import (
 )
 
 T = TypeVar("T")
+Item = TypeVar("Item")  # an item of a batch
+R = TypeVar("R")  # what a batch gives back for each item
 Work = Callable[[AsyncConnection], Awaitable[T]]
 BATCH_LIMIT = 128
 """The most calls of one kind written or read in one transaction."""
@@ -110,6 +112,7 @@ class SqlStore:
         )
         self._gets = Batcher(self._get_batch, limit=BATCH_LIMIT)
         self._done_keys = Batcher(self._done_batch, limit=BATCH_LIMIT)
+        self._records = Batcher(self._record_batch, limit=BATCH_LIMIT)
 
     @classmethod
     async def open(
@@ -151,7 +154,7 @@ class SqlStore:
         if self._state is StoreState.CLOSED:
             return
         self._state = StoreState.CLOSED
-        for batcher in (self._commits, self._gets, self._done_keys):
+        for batcher in (self._commits, self._gets, self._done_keys, self._records):
             await batcher.wait_idle()
         if self._engine is not None:
             async with translated("close the store", timeout=self._timeout):
@@ -236,14 +239,16 @@ class SqlStore:
         """Append events to their deployments' journals outside of a change.
 
         A message already journaled (same id, e.g. a redelivery) is not added again.
+        Events recorded at the same time (progress from many sites) share a transaction,
+        in the order of the calls.
+
+        Raises:
+            PermanentError: a message names no deployment; none of this call's is written.
         """
         if not messages:
             return
-
-        async def work(conn: AsyncConnection) -> None:
-            await self._write_journal(conn, messages)
-
-        await self._run("journal events", work)
+        self._require_open()
+        await self._records(tuple(messages))
 
     async def journal(
         self, deployment_id: str, *, after: int = 0, limit: int = 500
@@ -401,22 +406,57 @@ class SqlStore:
     async def _commit_batch(self, changes: list[Change]) -> list[Outcome[DeploymentRecord]]:
         """Write ``changes`` in one transaction; when the database refuses it, each alone.
 
-        A stale change fails alone inside the batch. A refused statement (a constraint, a
-        value the column takes not) undoes the whole transaction without saying whose row
-        it was, so each change is then written in a transaction of its own. A database
-        that cannot be reached fails the whole batch.
+        A stale change fails alone inside the batch.
         """
 
         async def work(conn: AsyncConnection) -> list[Outcome[DeploymentRecord]]:
             return await self._write_changes(conn, changes)
 
         what = "commit a deployment change"
-        if len(changes) == 1:
+        if len(changes) > 1:
+            what = f"commit {len(changes)} deployment changes"
+        return await self._each_alone_if_refused(what, work, changes, self._commit_batch)
+
+    async def _record_batch(self, calls: list[tuple[Envelope, ...]]) -> list[Outcome[None]]:
+        """Journal the events of several ``record`` calls in one transaction."""
+        now = utc_now()
+        outcomes: list[Outcome[None]] = []
+        rows: list[dict[str, Any]] = []
+        for messages in calls:
+            try:
+                rows += [_journal_values(message, now) for message in messages]
+            except FlotillaError as exc:  # names no deployment: refused before writing
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+
+        async def work(conn: AsyncConnection) -> list[Outcome[None]]:
+            if rows:
+                await conn.execute(self._statements().insert_journal, rows)
+            return outcomes
+
+        return await self._each_alone_if_refused("journal events", work, calls, self._record_batch)
+
+    async def _each_alone_if_refused(
+        self,
+        what: str,
+        work: Work[list[Outcome[R]]],
+        items: list[Item],
+        write: Callable[[list[Item]], Awaitable[list[Outcome[R]]]],
+    ) -> list[Outcome[R]]:
+        """Run a batch's ``work`` in one transaction; if the database refuses it, ``write``
+        each item alone, so that only the refused one fails.
+
+        A refused statement (a constraint, a value the column does not take) undoes the
+        whole transaction without saying whose row it was. A database that cannot be
+        reached fails the whole batch.
+        """
+        if len(items) == 1:
             return await self._run(what, work)
         try:
-            return await self._run(f"commit {len(changes)} deployment changes", work)
+            return await self._run(what, work)
         except DatabaseError:
-            return [await _settled(self._commit_batch([change])) for change in changes]
+            return [await _settled(write([item])) for item in items]
 
     async def _write_changes(
         self, conn: AsyncConnection, changes: list[Change]
@@ -522,13 +562,6 @@ class SqlStore:
                 deployment_id=change.deployment.id,
             )
         return expected + 1
-
-    async def _write_journal(self, conn: AsyncConnection, messages: Sequence[Envelope]) -> None:
-        """Append events to the journal in order; an id already there is skipped."""
-        now = utc_now()
-        if messages:
-            rows = [_journal_values(message, now) for message in messages]
-            await conn.execute(self._statements().insert_journal, rows)
 
     async def _write_key(self, conn: AsyncConnection, key: str) -> None:
         """Insert a handled key unless it is already there (marking twice is harmless)."""
