@@ -119,6 +119,23 @@ def make_message(deployment_id: str) -> DeploymentDeleteRequested:
     return DeploymentDeleteRequested.create(data, source="/flotilla/test")
 
 
+def announced(
+    record: DeploymentRecord,
+    key: str,
+    *,
+    version: int | None,
+    attempts: tuple[AttemptRecord, ...] = (),
+) -> Change:
+    """A change of ``record`` that sends one message and records ``key`` as handled."""
+    return Change(
+        deployment=record,
+        attempts=attempts,
+        outbox=(make_message(record.id),),
+        handled_key=key,
+        expected_version=version,
+    )
+
+
 async def test_commit_and_get_round_trip(store: Store) -> None:
     """A committed deployment reads back equal, with version 1 and aware UTC timestamps."""
     record = make_record()
@@ -203,12 +220,11 @@ async def test_stale_write_raises_and_writes_nothing(store: Store) -> None:
     record = make_record()
     v1 = await store.commit(Change(deployment=record))
     key = f"stale-{new_id()}"
-    stale = Change(
-        deployment=replace(v1, status=DeploymentStatus.CREATE_FAILED),
+    stale = announced(
+        replace(v1, status=DeploymentStatus.CREATE_FAILED),
+        key,
+        version=7,
         attempts=(make_attempt(record.id, 1),),
-        outbox=(make_message(record.id),),
-        handled_key=key,
-        expected_version=7,
     )
 
     with pytest.raises(StaleWriteError) as raised:
@@ -250,12 +266,11 @@ async def test_expected_version_zero_creates_and_never_overwrites(store: Store) 
     record = make_record()
     key = f"again-{new_id()}"
     created = await store.commit(Change(deployment=record, expected_version=0))
-    again = Change(
-        deployment=replace(record, status_reason="again"),
+    again = announced(
+        replace(record, status_reason="again"),
+        key,
+        version=0,
         attempts=(make_attempt(record.id, 1),),
-        outbox=(make_message(record.id),),
-        handled_key=key,
-        expected_version=0,
     )
 
     with pytest.raises(StaleWriteError) as raised:
@@ -389,37 +404,16 @@ async def test_concurrent_commits_fail_alone(store: Store) -> None:
     keys = [f"key-{new_id()}" for _ in range(5)]
     naive = make_attempt(naive_owner.id, 1, started_at=datetime(2026, 1, 1))
     changes = [
-        Change(
-            deployment=fresh,
-            outbox=(make_message(fresh.id),),
-            handled_key=keys[0],
-            expected_version=0,
-        ),
-        Change(
-            deployment=replace(v1, status_reason="stale"),
-            outbox=(make_message(v1.id),),
-            handled_key=keys[1],
-            expected_version=7,
-        ),
-        Change(
-            deployment=naive_owner,
-            attempts=(naive,),
-            outbox=(make_message(naive_owner.id),),
-            handled_key=keys[2],
-        ),
-        Change(
-            deployment=replace(u1, status_reason="second"),
+        announced(fresh, keys[0], version=0),
+        announced(replace(v1, status_reason="stale"), keys[1], version=7),
+        announced(naive_owner, keys[2], version=None, attempts=(naive,)),
+        announced(
+            replace(u1, status_reason="second"),
+            keys[3],
+            version=1,
             attempts=(make_attempt(u1.id, 1),),
-            outbox=(make_message(u1.id),),
-            handled_key=keys[3],
-            expected_version=1,
         ),
-        Change(
-            deployment=replace(t1, status_reason="created twice"),
-            outbox=(make_message(t1.id),),
-            handled_key=keys[4],
-            expected_version=0,
-        ),
+        announced(replace(t1, status_reason="created twice"), keys[4], version=0),
     ]
 
     outcomes = await asyncio.gather(*(store.commit(c) for c in changes), return_exceptions=True)
