@@ -451,11 +451,11 @@ class SqlStore:
         whole transaction without saying whose row it was. A database that cannot be
         reached fails the whole batch.
         """
-        if len(items) == 1:
-            return await self._run(what, work)
         try:
             return await self._run(what, work)
         except DatabaseError:
+            if len(items) == 1:
+                raise
             return [await _settled(write([item])) for item in items]
 
     async def _write_changes(
