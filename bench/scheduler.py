@@ -95,7 +95,7 @@ from flotilla.schemas import (
     encode,
     new_id,
 )
-from flotilla.settings import EventLoop, LogSettings
+from flotilla.settings import EventLoop, LogSettings, SchedulerSettings
 
 T = TypeVar("T")
 VM = WorkloadKind.VIRTUAL_MACHINE
@@ -1247,7 +1247,12 @@ def parse() -> Options:
         default=0,
         help="Requests offered per second, evenly (0: all at once, as fast as confirmed).",
     )
-    parser.add_argument("--prefetch", type=int, default=64, help="Scheduler consumer prefetch.")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=SchedulerSettings().prefetch,
+        help="Scheduler consumer prefetch (default: the scheduler's own).",
+    )
     parser.add_argument("--churn", type=float, default=20, help="Capacity reports per second.")
     parser.add_argument("--raw-count", type=int, default=10_000, help="Raw broker messages.")
     parser.add_argument("--seed", type=int, default=7)

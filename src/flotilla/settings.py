@@ -75,6 +75,16 @@ class SchedulerSettings(BaseModel):
     verify_senders: bool = Field(
         default=True, description="Require site reports to come from that site's broker user."
     )
+    prefetch: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description=(
+            "Messages of each queue (requests, reports, heartbeats) the scheduler works on at"
+            " once; more gives more placements per second and more delay before each"
+            " command (see bench/scheduler.py)."
+        ),
+    )
 
 
 class GatewaySettings(BaseModel):

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
+from flotilla.broker import DELIVERY_POLICY
+from flotilla.bus import MemoryBus
+from flotilla.bus.memory import MemoryBroker
+from flotilla.scheduler.main import build_scheduler
+from flotilla.scheduler.service import SchedulerService
+from flotilla.scheduler.store import MemoryStore
+from flotilla.scheduler.tosca import TemplateRequirements
 from flotilla.settings import Settings
 
 
@@ -31,3 +41,23 @@ def test_a_wrong_value_names_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOTILLA_BUS__PREFETCH", "zero")
     with pytest.raises(ValidationError, match=r"bus\.prefetch"):
         Settings()
+
+
+def test_the_scheduler_takes_its_own_prefetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler works on FLOTILLA_SCHEDULER__PREFETCH messages at once (default 64),
+    not the bus-wide prefetch other consumers use."""
+    monkeypatch.setenv("FLOTILLA_BUS__PREFETCH", "7")
+    store = MemoryStore()
+
+    def build(settings: Settings) -> SchedulerService:
+        bus = MemoryBus(policy=DELIVERY_POLICY, broker=MemoryBroker())
+        return build_scheduler(settings, bus=bus, store=store, parser=_NoTemplates(), slas=[])
+
+    assert build(Settings()).prefetch == 64
+    monkeypatch.setenv("FLOTILLA_SCHEDULER__PREFETCH", "128")
+    assert build(Settings()).prefetch == 128
+
+
+class _NoTemplates:
+    async def requirements(self, template: str, inputs: Mapping[str, Any]) -> TemplateRequirements:
+        raise AssertionError("no template is parsed while wiring")

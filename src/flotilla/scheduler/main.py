@@ -102,7 +102,7 @@ def build_scheduler(
         placer=placer,
         relay=OutboxRelay(store, bus),
         verify_senders=config.verify_senders if verify_senders is None else verify_senders,
-        prefetch=settings.bus.prefetch,
+        prefetch=config.prefetch,
     )
 
 

@@ -81,6 +81,11 @@ class SchedulerService:
         self._tasks: asyncio.TaskGroup | None = None
 
     @property
+    def prefetch(self) -> int:
+        """Messages of each queue worked on at once."""
+        return self._prefetch
+
+    @property
     def busy_deployments(self) -> int:
         """Deployments with a step running or waiting for its turn."""
         return len(self._locks)
