@@ -658,7 +658,9 @@ async def run_scheduler(options: Options) -> RunResult:
             try:
                 await report_sites(site_bus, workload.sites, registry, options.concurrency)
                 tune_collector()  # as the scheduler process does once it leads
-                cpu, beam, database = time.process_time(), broker_cpu(), postgres_cpu()
+                postgres = options.store == "postgresql"
+                database = postgres_cpu() if postgres else None
+                cpu, beam = time.process_time(), broker_cpu()
                 if broker is None:
                     load = await load_in_child(options, names)
                 else:
@@ -668,9 +670,7 @@ async def run_scheduler(options: Options) -> RunResult:
                         load = await drive(options, names, outside=outside, sites=site_bus)
                 cpu = time.process_time() - cpu
                 beam = _spent(beam, broker_cpu())
-                database = (
-                    _spent(database, postgres_cpu()) if options.store == "postgresql" else None
-                )
+                database = _spent(database, postgres_cpu() if postgres else None)
             finally:
                 await service.shutdown()
             await running
@@ -686,27 +686,31 @@ async def run_scheduler(options: Options) -> RunResult:
 
 def broker_cpu() -> float | None:
     """CPU seconds used so far by a RabbitMQ on this machine (its Erlang VM), if there is one."""
-    total = None
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "beam.smp":
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total = (total or 0.0) + times.user + times.system
-    return total
+    return processes_cpu("beam.smp")
 
 
 def postgres_cpu() -> float | None:
     """CPU seconds used so far by a PostgreSQL on this machine, if there is one.
 
-    Its processes' own, plus what the server's ended backends used (counted in their
-    parent's children times), so a connection closed during the run is not missed.
+    With what the server's ended backends used (counted in their parent's children
+    times), so a connection closed during the run is not missed.
+    """
+    return processes_cpu("postgres", children=True)
+
+
+def processes_cpu(name: str, *, children: bool = False) -> float | None:
+    """CPU seconds used so far by the processes called ``name``, if any runs.
+
+    ``children`` adds what their ended children used.
     """
     total = None
     for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "postgres":
+        if process.info["name"] == name:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                spent = times.user + times.system + times.children_user + times.children_system
+                spent = times.user + times.system
+                if children:
+                    spent += times.children_user + times.children_system
                 total = (total or 0.0) + spent
     return total
 

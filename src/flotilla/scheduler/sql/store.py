@@ -4,10 +4,11 @@ Every ``commit`` is atomic: the deployment (guarded by its version), its attempt
 outbox messages and the handled key are all written, or none is. That is the transactional
 outbox: a crash never loses a decision nor publishes one that was not stored.
 
-Commits, deployment reads and handled-key lookups are grouped (``Batcher``): those that
-arrive while the database is busy go out together, in one transaction with one statement
-per kind of row, which is what lets one scheduler place hundreds of requests a second.
-A change the database refuses is written again alone, so it fails alone.
+Commits, recorded events, deployment reads and handled-key lookups are grouped
+(``Batcher``): those that arrive while the database is busy go out together, in one
+transaction with one statement per kind of row, which is what lets one scheduler place
+hundreds of requests a second. A change the database refuses is written again alone, so
+it fails alone.
 """
 
 from __future__ import annotations
