@@ -28,7 +28,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -423,8 +422,6 @@ class Timings:
     """Durations of decisions and rankings, and when decisions started and ended."""
 
     decisions: list[float] = field(default_factory=list)
-    # Of each decision, the time spent waiting for store reads (the deployment, its key).
-    store_reads: list[float] = field(default_factory=list)
     rankings: list[float] = field(default_factory=list)
     first: float | None = None
     last: float = 0.0
@@ -433,61 +430,26 @@ class Timings:
     decided: dict[str, float] = field(default_factory=dict)
 
 
-# The store reads of the decision running in this task, when one is being timed.
-_READS: ContextVar[list[float] | None] = ContextVar("reads", default=None)
-
-
-class ReadTimedStore:
-    """A store whose reads add how long they took to the decision running in the task."""
-
-    def __init__(self, inner: Store) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def get(self, deployment_id: str) -> Any:
-        """The deployment, timed."""
-        return await self._timed(self._inner.get(deployment_id))
-
-    async def is_done(self, key: str) -> bool:
-        """Whether the key was handled, timed."""
-        return await self._timed(self._inner.is_done(key))
-
-    async def _timed(self, read: Awaitable[T]) -> T:
-        start = time.perf_counter()
-        try:
-            return await read
-        finally:
-            reads = _READS.get()
-            if reads is not None:
-                reads.append(time.perf_counter() - start)
-
-
 class TimedLifecycle(Lifecycle):
     """A ``Lifecycle`` whose ``requested`` step (the placement decision) is timed.
 
-    Its store reads are timed apart (``ReadTimedStore``): with a SQL store they wait for
-    the database, and for the batch of reads in front of them.
+    A new deployment's decision reads nothing from the store: its create is checked when
+    the change is committed, which the "decision to command" latency includes.
     """
 
-    def __init__(self, *, timings: Timings, store: Store, **kwargs: Any) -> None:
-        super().__init__(store=cast(Store, ReadTimedStore(store)), **kwargs)
+    def __init__(self, *, timings: Timings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.timings = timings
 
     async def requested(self, message: DeploymentRequested) -> Change | None:
-        """Decide, and record how long it took and how much of it was store reads."""
-        reads: list[float] = []
-        token = _READS.set(reads)
+        """Decide, and record how long it took."""
         start = time.perf_counter()
         try:
             return await super().requested(message)
         finally:
             end = time.perf_counter()
-            _READS.reset(token)
             self.timings.decided[message.data.deployment_id] = end
             self.timings.decisions.append(end - start)
-            self.timings.store_reads.append(sum(reads))
             self.timings.first = start if self.timings.first is None else self.timings.first
             self.timings.last = end
 
@@ -1101,7 +1063,6 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
     load = result.load
     placed = load.provisions + load.failures
     decisions = result.timings.decisions
-    alone = [d - r for d, r in zip(decisions, result.timings.store_reads, strict=True)]
     rankings = result.timings.rankings
     window = result.timings.last - (result.timings.first or 0.0)
     outbox = (load.provisions + load.events) / placed
@@ -1128,10 +1089,6 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
             "decision latency p50 / p99 / max (Lifecycle.requested)",
             f"{_ms(percentile(decisions, 0.5))} / {_ms(percentile(decisions, 0.99))}"
             f" / {_ms(max(decisions))}",
-        ),
-        (
-            "  without its store reads p50 / p99 / max",
-            f"{_ms(percentile(alone, 0.5))} / {_ms(percentile(alone, 0.99))} / {_ms(max(alone))}",
         ),
         (
             "  of which Placer.rank p50 / p99",
@@ -1203,11 +1160,6 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
         "templates: a fixed TemplateSource hands out 5 prepared requirement variants;"
         " TOSCA parsing is not measured"
     )
-    if options.store != "memory":
-        print(
-            "decision latency includes waiting for the SQL store's reads (in a batch of reads);"
-            " the line below it leaves them out"
-        )
     if options.store.startswith("sqlite"):
         print("SQLite runs in the scheduler process (aiosqlite's thread): its CPU is in that line")
     width = max(len(label) for label, _ in rows)

@@ -58,12 +58,14 @@ def test_the_scheduler_bench_places_every_request(amqp_url: str, store: str) -> 
     commands, failed = counts.split("/")
     assert number(commands) + number(failed) == 100
     assert "ms" in figure(output, "decision latency p50 / p99 / max (Lifecycle.requested)")
-    assert "ms" in figure(output, "without its store reads p50 / p99 / max")
     assert "ms" in figure(output, "decision to command received p50 / p99 (outbox, relay, broker)")
-    assert number(figure(output, "all three processes, CPU per placement")) > 0
+    three = number(figure(output, "all three processes, CPU per placement"))
+    assert three > 0
     if store == "postgresql":  # the server's CPU is counted in the ceiling
-        assert number(figure(output, "database (postgres) CPU per placement")) > 0
-        assert number(figure(output, "all four, CPU per placement")) > 0
+        # A small run may use less than one clock tick of the server's CPU: 0.00 ms.
+        database = number(figure(output, "database (postgres) CPU per placement"))
+        four = number(figure(output, "all four, CPU per placement"))
+        assert four == pytest.approx(three + database, abs=0.011)
     assert number(figure(output, "broker round trip, raw aio-pika, 64 confirms in flight")) > 0
 
 

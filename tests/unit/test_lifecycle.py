@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flotilla.errors import RetryableError
+from flotilla.errors import PermanentError, RetryableError
 from flotilla.scheduler.lifecycle import (
     CANDIDATES_LISTED,
     Lifecycle,
@@ -18,7 +18,7 @@ from flotilla.scheduler.lifecycle import (
 from flotilla.scheduler.model import AttemptOutcome, Change
 from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
-from flotilla.scheduler.store import MemoryStore
+from flotilla.scheduler.store import MemoryStore, StaleWriteError
 from flotilla.scheduler.tosca import TemplateError, TemplateProblem, TemplateRequirements
 from flotilla.schemas import (
     AttemptRef,
@@ -87,6 +87,27 @@ class Harness:
         assert change is not None
         await self.store.commit(change)
         self.sent.extend(change.outbox)
+
+    async def request(self, message: DeploymentRequested) -> Change | None:
+        """Decide a request and commit it, handing a refused create back like the service."""
+        change = await self.lifecycle.requested(message)
+        if change is None:
+            return None
+        try:
+            await self.commit(change)
+        except StaleWriteError:
+            await self.lifecycle.create_refused(change, message)
+            return None
+        return change
+
+    async def complete(self, deployment_id: str, site: str = "alpha") -> None:
+        """The site delivers attempt 1 and then reports capacity, which ends its claim."""
+        done = Provisioned(deployment_id=deployment_id, site=site, attempt=1)
+        await self.commit(
+            await self.lifecycle.provisioned(DeploymentProvisioned.create(done, source="/s"))
+        )
+        self.clock.now += timedelta(seconds=1)
+        self.placer.claims.site_reported(site, self.clock.now)
 
     def commands(self, cls: type) -> list[Any]:
         return [m for m in self.sent if isinstance(m, cls)]
@@ -279,6 +300,68 @@ async def test_a_handled_request_seen_again_changes_nothing(harness: Harness) ->
     assert await harness.lifecycle.requested(message) is None
     with pytest.raises(OperationInProgressError):
         await harness.lifecycle.requested(request(did))
+
+
+async def test_a_request_for_a_finished_deployment_is_refused_and_claims_nothing(
+    harness: Harness,
+) -> None:
+    """Once nothing is held for a deployment its request is decided without a read; the
+    store refuses the create, the claim it made is given back, and the request is refused."""
+    did = new_id()
+    await harness.request(request(did))
+    await harness.complete(did)
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+    change = await harness.lifecycle.requested(request(did))
+    assert change is not None
+    assert change.expected_version == 0  # a create, with its claim made
+    assert harness.placer.claims.held("alpha")["cores"] == 4
+    with pytest.raises(StaleWriteError, match="already exists"):
+        await harness.commit(change)
+    with pytest.raises(PermanentError, match=f"deployment {did} already exists"):
+        await harness.lifecycle.create_refused(change, request(did))
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+    record = await harness.store.get(did)
+    assert record is not None
+    assert record.status is S.CREATE_COMPLETE
+    assert len(harness.commands(ProvisionDeployment)) == 1
+
+
+async def test_a_handled_request_redelivered_after_it_finished_changes_nothing(
+    harness: Harness,
+) -> None:
+    """The same request message after its deployment finished: the refused create was a
+    redelivery, so nothing is refused, held or sent."""
+    did = new_id()
+    message = request(did)
+    await harness.request(message)
+    await harness.complete(did)
+    before = await harness.store.get(did)
+    assert await harness.request(message) is None
+    assert await harness.store.get(did) == before
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+    assert len(harness.commands(ProvisionDeployment)) == 1
+
+
+async def test_a_handled_request_seen_again_within_the_start_grace_is_not_retried(
+    harness: Harness,
+) -> None:
+    """Right after a start no site has reported; a request handled before it changes nothing
+    at once instead of waiting for the sites."""
+    did = new_id()
+    message = request(did)
+    await harness.request(message)
+    restarted = Lifecycle(
+        store=harness.store,
+        placer=Placer(SiteRegistry(grace=timedelta(0), clock=harness.clock), SLAS),
+        templates=Templates(template(vm())),
+        config=LifecycleConfig(grace=timedelta(seconds=30)),
+        clock=harness.clock,
+    )
+    assert await restarted.requested(message) is None
+    with pytest.raises(OperationInProgressError):
+        await restarted.requested(request(did))
+    with pytest.raises(RetryableError, match="not reported since the scheduler started"):
+        await restarted.requested(request(new_id()))
 
 
 async def test_bad_template_fails_with_node_and_field(harness: Harness) -> None:

@@ -79,6 +79,7 @@ class Federation:
     events: asyncio.Queue[DeploymentStatusChanged]
     commands: dict[str, asyncio.Queue[Message]]
     service: SchedulerService
+    placer: Placer
 
     async def publish_as(self, site: str, message: Envelope) -> None:
         await self.sites[site].publish(message, route(message))
@@ -91,14 +92,18 @@ class Federation:
                     return event
 
 
-async def report_site(bus: MemoryBus, site: str, cores: float) -> None:
+async def report_site(bus: MemoryBus, site: str, cores: float, sequence: int = 1) -> None:
     lease = Lease(
-        site=site, kind=SiteKind.OPENSTACK, ttl=timedelta(minutes=5), sequence=1, agent_instance="t"
+        site=site,
+        kind=SiteKind.OPENSTACK,
+        ttl=timedelta(minutes=5),
+        sequence=sequence,
+        agent_instance="t",
     )
     capacity = Capacity(
         site=site,
         kind=SiteKind.OPENSTACK,
-        sequence=1,
+        sequence=sequence,
         capabilities=Capabilities(workload_kinds=[WorkloadKind.VIRTUAL_MACHINE], shapes=SHAPES),
         quotas=[QuotaUsage(resource="cores", limit=cores)],
     )
@@ -160,7 +165,7 @@ async def federation() -> AsyncIterator[Federation]:
         await report_site(site_buses["alpha"], "alpha", cores=100)
         await report_site(site_buses["beta"], "beta", cores=50)
         await eventually(lambda: all(registry.get(s) and registry.get(s).capacity for s in SITES))
-        yield Federation(broker, upstream, site_buses, events, commands, service)
+        yield Federation(broker, upstream, site_buses, events, commands, service, placer)
         await service.shutdown()
         await task
         for bus in site_buses.values():
@@ -236,6 +241,39 @@ async def test_a_redelivered_request_is_decided_once(federation: Federation) -> 
     assert federation.commands["alpha"].empty()
     assert federation.commands["beta"].empty()
     assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
+
+
+async def test_a_request_for_a_finished_deployment_is_refused_once_nothing_is_held(
+    federation: Federation,
+) -> None:
+    """After a deployment completes and alpha's report ends its claim, the same request
+    message again sends nothing, while another request for the id is dead-lettered; neither
+    leaves capacity claimed."""
+    did = new_id()
+    request = DeploymentRequest(deployment_id=did, template="t", owner="ann", group="physics")
+    message = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(message, route(message))
+    await next_command(federation, "alpha")
+    done = Provisioned(deployment_id=did, site="alpha", attempt=1)
+    await federation.publish_as("alpha", DeploymentProvisioned.create(done, source="/sites/alpha"))
+    await federation.status(did, DeploymentStatus.CREATE_COMPLETE)
+    await report_site(federation.sites["alpha"], "alpha", cores=100, sequence=2)
+    claims = federation.placer.claims
+    await eventually(lambda: claims.held("alpha")["cores"] == 0)
+
+    await federation.upstream.publish(message, route(message))
+    second = DeploymentRequested.create(request, source="/portal")
+    await federation.upstream.publish(second, route(second))
+    async with asyncio.timeout(10):
+        dead = await federation.broker.queue(DELIVERY_POLICY.dead_letter.queue).items.get()
+    assert f"deployment {did} already exists" in dead.delivery.headers["x-flotilla-reason"]
+    # The redelivery took the deployment's lock first and was not refused.
+    assert decode(dead.delivery.body).id == second.id
+    assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
+    assert federation.commands["alpha"].empty()
+    assert federation.commands["beta"].empty()
+    assert claims.held("alpha")["cores"] == 0
+    assert claims.held("beta")["cores"] == 0
 
 
 async def test_deployment_locks_are_forgotten_once_released() -> None:

@@ -53,6 +53,10 @@ class ClaimBook:
                 total.update(claim.usage)
         self.changes.add(site)
 
+    def holds(self, key: str) -> bool:
+        """Whether the attempt ``key`` holds a claim (in flight, or settled and not reported)."""
+        return key in self._claims
+
     def release(self, key: str) -> None:
         """Drop a claim: the attempt failed, was released, or never started."""
         claim = self._claims.pop(key, None)

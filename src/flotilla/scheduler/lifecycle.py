@@ -21,6 +21,7 @@ from flotilla.scheduler.model import (
     Change,
     DeploymentRecord,
     Operation,
+    attempt_key,
 )
 from flotilla.scheduler.placement import Candidate, PlacementRequest, Placer, Ranking
 from flotilla.scheduler.plan import site_plan
@@ -58,6 +59,10 @@ class OperationInProgressError(PermanentError):
 
 class UnknownDeploymentError(PermanentError):
     """A request names a deployment the scheduler does not know."""
+
+
+class SitesNotReportedError(RetryableError):
+    """No site fits yet, but sites are still reporting after a start: retried later."""
 
 
 class TemplateSource(Protocol):
@@ -98,15 +103,18 @@ class Lifecycle:
         self._grace_until = clock() + self._config.grace
 
     async def requested(self, message: DeploymentRequested) -> Change | None:
-        """A new deployment: validate the template, place it, send the first command."""
+        """A new deployment: validate the template, place it, send the first command.
+
+        Decided without reading the store: nearly every request names a new deployment, so
+        the change creates it (``expected_version`` 0) and the store refuses it when the id
+        is taken. The service then hands the refused change to ``create_refused``. Only a
+        deployment whose first attempt holds capacity here is read first, since deciding
+        again would replace that attempt's claim.
+        """
         request = message.data
-        existing = await self._store.get(request.deployment_id)
-        if existing is not None:
-            # Handled before (the step that handled it also wrote the deployment): a
-            # redelivery, which changes nothing. Any other request for the id is refused.
-            if await self._store.is_done(message.id):
-                return None
-            raise _busy_or_exists(existing)
+        if self._placer.claims.holds(attempt_key(request.deployment_id, 1)):
+            await self._known(message)
+            return None
         now = self._clock()
         record = DeploymentRecord(
             id=request.deployment_id,
@@ -123,7 +131,37 @@ class Lifecycle:
             opened = self._opened(record, message)
             reason = f"Invalid template: {exc}"
             return self._finish(record, S.CREATE_FAILED, reason, message, events=(opened,))
-        return self._first_attempt(record, requirements, message)
+        try:
+            return self._first_attempt(record, requirements, message)
+        except SitesNotReportedError:
+            # A request handled before the restart need not wait for the sites.
+            if await self._store.get(request.deployment_id) is None:
+                raise
+            await self._known(message)
+            return None
+
+    async def create_refused(self, change: Change, message: DeploymentRequested) -> None:
+        """The store refused the deployment ``requested`` created: its id exists already.
+
+        The claim the change made is given back. Returns when ``message`` was handled
+        before (a redelivery, which changes nothing); any other request for the id is refused.
+        """
+        for attempt in change.attempts:
+            self._placer.claims.release(attempt.key)
+        await self._known(message)
+
+    async def _known(self, message: DeploymentRequested) -> None:
+        """A request for a deployment that exists: nothing to do if it was handled, else refused.
+
+        The step that handled a request also wrote its deployment, so only then can the
+        request's key have been recorded.
+        """
+        existing = await self._store.get(message.data.deployment_id)
+        if existing is None:  # refused as existing, yet gone: decide again on redelivery
+            raise RetryableError(f"deployment {message.data.deployment_id} changed while placed")
+        if await self._store.is_done(message.id):
+            return
+        raise _busy_or_exists(existing)
 
     async def reclaim(self, record: DeploymentRecord, attempt: AttemptRecord) -> None:
         """Hold capacity again for an attempt still in flight (claims live in memory)."""
@@ -301,7 +339,7 @@ class Lifecycle:
             if ranking.waiting or self._clock() < self._grace_until:
                 # Right after a (re)start the registry is still filling up from heartbeats:
                 # the bus retries this request later instead of failing it for lack of sites.
-                raise RetryableError("sites have not reported since the scheduler started")
+                raise SitesNotReportedError("sites have not reported since the scheduler started")
             reason = f"No site meets the deployment requirements: {ranking.summary()}"
             opened = self._opened(record, cause)
             return self._finish(record, S.CREATE_FAILED, reason, cause, events=(opened,))

@@ -49,7 +49,12 @@ class AttemptRecord:
     @property
     def key(self) -> str:
         """The attempt's idempotency key: deployment id and attempt number."""
-        return f"{self.deployment_id}/{self.number}"
+        return attempt_key(self.deployment_id, self.number)
+
+
+def attempt_key(deployment_id: str, number: int) -> str:
+    """The idempotency key of a deployment's attempt ``number``."""
+    return f"{deployment_id}/{number}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,7 +28,7 @@ from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.model import AttemptOutcome, Change
 from flotilla.scheduler.placement import Placer
 from flotilla.scheduler.relay import OutboxRelay
-from flotilla.scheduler.store import Store
+from flotilla.scheduler.store import StaleWriteError, Store
 from flotilla.schemas import (
     DeploymentDeleteRequested,
     DeploymentProvisioned,
@@ -150,7 +150,10 @@ class SchedulerService:
         if isinstance(message, DeploymentRequested):
             await self._relay.room()  # new work waits while earlier decisions go out
             await self._step(
-                message.data.deployment_id, lambda: lifecycle.requested(message), message
+                message.data.deployment_id,
+                lambda: lifecycle.requested(message),
+                message,
+                refused=lambda change: lifecycle.create_refused(change, message),
             )
         elif isinstance(message, DeploymentDeleteRequested):
             deployment_id = message.data.deployment_id
@@ -193,17 +196,20 @@ class SchedulerService:
         deployment_id: str,
         decide: Callable[[], Awaitable[Change | None]],
         cause: Envelope | None = None,
+        *,
+        refused: Callable[[Change], Awaitable[None]] | None = None,
     ) -> None:
         """Run one lifecycle step under the deployment's lock and commit what it decided.
 
         A message already handled (a redelivery) is skipped; a change records the message's
         key in its own transaction, and a step that changes nothing records it alone. A new
-        deployment's request is the exception: ``Lifecycle.requested`` reads the deployment
-        anyway, and only when it exists can the request have been handled, so the key is
-        looked up there, saving the most common step a read.
+        deployment's request is the exception: ``Lifecycle.requested`` creates the deployment
+        without reading it, and only when it exists can the request have been handled. The
+        store then refuses the create, and ``refused`` tells a redelivery from a second
+        request. The most common step thus costs one commit and no read.
         """
         async with self._locks.hold(deployment_id):
-            checked_later = isinstance(cause, DeploymentRequested)  # by Lifecycle.requested
+            checked_later = refused is not None  # by the create's commit
             if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
                 return
@@ -212,7 +218,14 @@ class SchedulerService:
                 if cause is not None:
                     await self._store.mark_done(cause.id)
                 return
-            await self._store.commit(change)
+            try:
+                await self._store.commit(change)
+            except StaleWriteError:
+                if refused is None or change.expected_version != 0:
+                    raise
+                await refused(change)  # returns for a redelivery, raises for a second request
+                _log.info("duplicate_skipped", message_id=change.handled_key)
+                return
         self._relay.wake()
         for attempt in change.attempts:
             if attempt.outcome is AttemptOutcome.IN_PROGRESS:
