@@ -342,6 +342,23 @@ async def test_a_handled_request_redelivered_after_it_finished_changes_nothing(
     assert len(harness.commands(ProvisionDeployment)) == 1
 
 
+async def test_a_request_whose_create_was_not_committed_is_decided_afresh(
+    harness: Harness,
+) -> None:
+    """A create whose commit failed (the database was away) leaves its claim; the request
+    delivered again is placed anew, holding that claim once, instead of being retried forever
+    as a deployment that should exist."""
+    message = request(new_id())
+    assert await harness.lifecycle.requested(message) is not None  # never committed
+    assert harness.placer.claims.held("alpha")["cores"] == 4
+    change = await harness.request(message)
+    assert change is not None
+    (command,) = harness.commands(ProvisionDeployment)
+    assert command.data.site == "alpha"  # ranked without the stale claim
+    assert harness.placer.claims.held("alpha")["cores"] == 4
+    assert harness.placer.claims.held("beta")["cores"] == 0
+
+
 async def test_a_handled_request_seen_again_within_the_start_grace_is_not_retried(
     harness: Harness,
 ) -> None:

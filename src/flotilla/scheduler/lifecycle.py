@@ -109,12 +109,17 @@ class Lifecycle:
         the change creates it (``expected_version`` 0) and the store refuses it when the id
         is taken. The service then hands the refused change to ``create_refused``. Only a
         deployment whose first attempt holds capacity here is read first, since deciding
-        again would replace that attempt's claim.
+        again would replace that attempt's claim; a claim whose deployment was never
+        written (its commit failed) is dropped and the request decided afresh.
         """
         request = message.data
-        if self._placer.claims.holds(attempt_key(request.deployment_id, 1)):
-            await self._known(message)
-            return None
+        first = attempt_key(request.deployment_id, 1)
+        if self._placer.claims.holds(first):
+            existing = await self._store.get(request.deployment_id)
+            if existing is not None:
+                await self._known(message, existing)
+                return None
+            self._placer.claims.release(first)  # left by a create whose commit failed
         now = self._clock()
         record = DeploymentRecord(
             id=request.deployment_id,
@@ -135,9 +140,10 @@ class Lifecycle:
             return self._first_attempt(record, requirements, message)
         except SitesNotReportedError:
             # A request handled before the restart need not wait for the sites.
-            if await self._store.get(request.deployment_id) is None:
+            existing = await self._store.get(request.deployment_id)
+            if existing is None:
                 raise
-            await self._known(message)
+            await self._known(message, existing)
             return None
 
     async def create_refused(self, change: Change, message: DeploymentRequested) -> None:
@@ -150,13 +156,15 @@ class Lifecycle:
             self._placer.claims.release(attempt.key)
         await self._known(message)
 
-    async def _known(self, message: DeploymentRequested) -> None:
+    async def _known(
+        self, message: DeploymentRequested, existing: DeploymentRecord | None = None
+    ) -> None:
         """A request for a deployment that exists: nothing to do if it was handled, else refused.
 
         The step that handled a request also wrote its deployment, so only then can the
         request's key have been recorded.
         """
-        existing = await self._store.get(message.data.deployment_id)
+        existing = existing or await self._store.get(message.data.deployment_id)
         if existing is None:  # refused as existing, yet gone: decide again on redelivery
             raise RetryableError(f"deployment {message.data.deployment_id} changed while placed")
         if await self._store.is_done(message.id):
