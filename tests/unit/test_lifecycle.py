@@ -18,6 +18,7 @@ from flotilla.scheduler.lifecycle import (
 from flotilla.scheduler.model import AttemptOutcome, Change
 from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
+from flotilla.scheduler.sql.error import DatabaseUnavailableError
 from flotilla.scheduler.store import MemoryStore, StaleWriteError
 from flotilla.scheduler.tosca import TemplateError, TemplateProblem, TemplateRequirements
 from flotilla.schemas import (
@@ -95,8 +96,8 @@ class Harness:
             return None
         try:
             await self.commit(change)
-        except StaleWriteError:
-            await self.lifecycle.create_refused(change, message)
+        except Exception as exc:
+            await self.lifecycle.create_not_written(change, message, exc)
             return None
         return change
 
@@ -315,10 +316,10 @@ async def test_a_request_for_a_finished_deployment_is_refused_and_claims_nothing
     assert change is not None
     assert change.expected_version == 0  # a create, with its claim made
     assert harness.placer.claims.held("alpha")["cores"] == 4
-    with pytest.raises(StaleWriteError, match="already exists"):
+    with pytest.raises(StaleWriteError, match="already exists") as refused:
         await harness.commit(change)
     with pytest.raises(PermanentError, match=f"deployment {did} already exists"):
-        await harness.lifecycle.create_refused(change, request(did))
+        await harness.lifecycle.create_not_written(change, request(did), refused.value)
     assert harness.placer.claims.held("alpha")["cores"] == 0
     record = await harness.store.get(did)
     assert record is not None
@@ -342,12 +343,12 @@ async def test_a_handled_request_redelivered_after_it_finished_changes_nothing(
     assert len(harness.commands(ProvisionDeployment)) == 1
 
 
-async def test_a_request_whose_create_was_not_committed_is_decided_afresh(
+async def test_a_request_whose_create_was_never_committed_is_decided_afresh(
     harness: Harness,
 ) -> None:
-    """A create whose commit failed (the database was away) leaves its claim; the request
-    delivered again is placed anew, holding that claim once, instead of being retried forever
-    as a deployment that should exist."""
+    """A create whose commit never ended (its step was cancelled) leaves its claim; the
+    request delivered again is placed anew, holding one claim, instead of being retried
+    forever as a deployment that should exist."""
     message = request(new_id())
     assert await harness.lifecycle.requested(message) is not None  # never committed
     assert harness.placer.claims.held("alpha")["cores"] == 4
@@ -357,6 +358,50 @@ async def test_a_request_whose_create_was_not_committed_is_decided_afresh(
     assert command.data.site == "alpha"  # ranked without the stale claim
     assert harness.placer.claims.held("alpha")["cores"] == 4
     assert harness.placer.claims.held("beta")["cores"] == 0
+
+
+@pytest.mark.parametrize("same_message", [True, False], ids=["redelivery", "second request"])
+async def test_a_failed_commit_of_a_known_deployment_leaves_no_claim(
+    harness: Harness, same_message: bool
+) -> None:
+    """A request for a finished deployment claims as it is decided; when its commit fails
+    (the database is away) the claim is given back and the error raised for a retry, which
+    is then told apart as before, with nothing left claimed."""
+    did = new_id()
+    message = request(did)
+    await harness.request(message)
+    await harness.complete(did)
+    again = message if same_message else request(did)
+    change = await harness.lifecycle.requested(again)
+    assert change is not None
+    assert harness.placer.claims.held("alpha")["cores"] == 4
+    away = DatabaseUnavailableError("commit: no answer within 0:00:10")
+    with pytest.raises(DatabaseUnavailableError):
+        await harness.lifecycle.create_not_written(change, again, away)
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+    if same_message:
+        assert await harness.request(again) is None
+    else:
+        with pytest.raises(PermanentError, match="already exists"):
+            await harness.request(again)
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+
+
+async def test_a_create_written_despite_a_failed_commit_claims_again_when_redelivered(
+    harness: Harness,
+) -> None:
+    """A commit can be written and still report an error (the answer was lost): its claim
+    is given back, and the redelivered request, found handled, claims attempt 1 again."""
+    message = request(new_id())
+    change = await harness.lifecycle.requested(message)
+    assert change is not None
+    await harness.store.commit(change)  # written, but the step hears an error
+    lost = DatabaseUnavailableError("commit: no answer within 0:00:10")
+    with pytest.raises(DatabaseUnavailableError):
+        await harness.lifecycle.create_not_written(change, message, lost)
+    assert harness.placer.claims.held("alpha")["cores"] == 0
+    assert await harness.request(message) is None
+    assert harness.placer.claims.held("alpha")["cores"] == 4  # attempt 1 is in flight
 
 
 async def test_a_handled_request_seen_again_within_the_start_grace_is_not_retried(

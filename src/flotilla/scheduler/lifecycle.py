@@ -25,7 +25,7 @@ from flotilla.scheduler.model import (
 )
 from flotilla.scheduler.placement import Candidate, PlacementRequest, Placer, Ranking
 from flotilla.scheduler.plan import site_plan
-from flotilla.scheduler.store import Store
+from flotilla.scheduler.store import StaleWriteError, Store
 from flotilla.scheduler.tosca import TemplateError, TemplateRequirements
 from flotilla.schemas import (
     DeploymentDeleteRequested,
@@ -107,10 +107,12 @@ class Lifecycle:
 
         Decided without reading the store: nearly every request names a new deployment, so
         the change creates it (``expected_version`` 0) and the store refuses it when the id
-        is taken. The service then hands the refused change to ``create_refused``. Only a
-        deployment whose first attempt holds capacity here is read first, since deciding
-        again would replace that attempt's claim; a claim whose deployment was never
-        written (its commit failed) is dropped and the request decided afresh.
+        is taken. The service hands a change it could not write to ``create_not_written``.
+        Only a deployment whose first attempt holds capacity here is read first, since
+        deciding again would replace that attempt's claim; a claim whose deployment was
+        never written (its step was cancelled mid-commit) is dropped and the request
+        decided afresh. Until a refused create gives its claim back, other decisions see
+        it: for a few milliseconds, a site may look fuller than it is.
         """
         request = message.data
         first = attempt_key(request.deployment_id, 1)
@@ -119,7 +121,7 @@ class Lifecycle:
             if existing is not None:
                 await self._known(message, existing)
                 return None
-            self._placer.claims.release(first)  # left by a create whose commit failed
+            self._placer.claims.release(first)  # left by a create that was never written
         now = self._clock()
         record = DeploymentRecord(
             id=request.deployment_id,
@@ -146,14 +148,20 @@ class Lifecycle:
             await self._known(message, existing)
             return None
 
-    async def create_refused(self, change: Change, message: DeploymentRequested) -> None:
-        """The store refused the deployment ``requested`` created: its id exists already.
+    async def create_not_written(
+        self, change: Change, message: DeploymentRequested, error: Exception
+    ) -> None:
+        """The store did not write the deployment ``requested`` created, with ``error``.
 
-        The claim the change made is given back. Returns when ``message`` was handled
-        before (a redelivery, which changes nothing); any other request for the id is refused.
+        The claim the change made is given back, so no claim outlives a create that was
+        not written. Refused as stale, the id exists: this returns when ``message`` was
+        handled before (a redelivery, which changes nothing) and refuses any other request.
+        Any other error is raised again; the request is decided afresh when it comes back.
         """
         for attempt in change.attempts:
             self._placer.claims.release(attempt.key)
+        if not isinstance(error, StaleWriteError) or change.expected_version != 0:
+            raise error
         await self._known(message)
 
     async def _known(
@@ -162,11 +170,17 @@ class Lifecycle:
         """A request for a deployment that exists: nothing to do if it was handled, else refused.
 
         The step that handled a request also wrote its deployment, so only then can the
-        request's key have been recorded.
+        request's key have been recorded. Attempt 1, still in flight, holds its claim again
+        if it lost it: its create was written although the commit reported an error.
         """
-        existing = existing or await self._store.get(message.data.deployment_id)
+        deployment_id = message.data.deployment_id
+        existing = existing or await self._store.get(deployment_id)
         if existing is None:  # refused as existing, yet gone: decide again on redelivery
-            raise RetryableError(f"deployment {message.data.deployment_id} changed while placed")
+            raise RetryableError(f"deployment {deployment_id} changed while placed")
+        if not self._placer.claims.holds(attempt_key(deployment_id, 1)):
+            for attempt in await self._store.attempts(deployment_id):
+                if attempt.number == 1 and attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                    await self.reclaim(existing, attempt)
         if await self._store.is_done(message.id):
             return
         raise _busy_or_exists(existing)

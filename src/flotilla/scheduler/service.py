@@ -28,7 +28,7 @@ from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.model import AttemptOutcome, Change
 from flotilla.scheduler.placement import Placer
 from flotilla.scheduler.relay import OutboxRelay
-from flotilla.scheduler.store import StaleWriteError, Store
+from flotilla.scheduler.store import Store
 from flotilla.schemas import (
     DeploymentDeleteRequested,
     DeploymentProvisioned,
@@ -153,7 +153,9 @@ class SchedulerService:
                 message.data.deployment_id,
                 lambda: lifecycle.requested(message),
                 message,
-                refused=lambda change: lifecycle.create_refused(change, message),
+                not_written=lambda change, error: lifecycle.create_not_written(
+                    change, message, error
+                ),
             )
         elif isinstance(message, DeploymentDeleteRequested):
             deployment_id = message.data.deployment_id
@@ -197,7 +199,7 @@ class SchedulerService:
         decide: Callable[[], Awaitable[Change | None]],
         cause: Envelope | None = None,
         *,
-        refused: Callable[[Change], Awaitable[None]] | None = None,
+        not_written: Callable[[Change, Exception], Awaitable[None]] | None = None,
     ) -> None:
         """Run one lifecycle step under the deployment's lock and commit what it decided.
 
@@ -205,11 +207,12 @@ class SchedulerService:
         key in its own transaction, and a step that changes nothing records it alone. A new
         deployment's request is the exception: ``Lifecycle.requested`` creates the deployment
         without reading it, and only when it exists can the request have been handled. The
-        store then refuses the create, and ``refused`` tells a redelivery from a second
-        request. The most common step thus costs one commit and no read.
+        store then refuses the create, and ``not_written`` tells a redelivery from a second
+        request; it also hears of any other failed commit, to give back what the step
+        claimed. The most common step thus costs one commit and no read.
         """
         async with self._locks.hold(deployment_id):
-            checked_later = refused is not None  # by the create's commit
+            checked_later = not_written is not None  # by the create's commit
             if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
                 return
@@ -220,10 +223,10 @@ class SchedulerService:
                 return
             try:
                 await self._store.commit(change)
-            except StaleWriteError:
-                if refused is None or change.expected_version != 0:
+            except Exception as exc:
+                if not_written is None:
                     raise
-                await refused(change)  # returns for a redelivery, raises for a second request
+                await not_written(change, exc)  # returns only for a redelivery
                 _log.info("duplicate_skipped", message_id=change.handled_key)
                 return
         self._relay.wake()
