@@ -557,6 +557,8 @@ class RunResult:
     cpu: float  # the scheduler process's CPU seconds while the load ran
     broker_cpu: float | None  # the broker's CPU seconds while the load ran, if it is local
     database_cpu: float | None  # PostgreSQL's CPU seconds while the load ran (its store)
+    # A SQL store's commits and the transactions they shared while the load ran.
+    commits: tuple[int, int] | None
     slas: int
 
 
@@ -623,6 +625,7 @@ async def run_scheduler(options: Options) -> RunResult:
                 postgres = options.store == "postgresql"
                 database = postgres_cpu() if postgres else None
                 cpu, beam = time.process_time(), broker_cpu()
+                commits = _commits(store)
                 if broker is None:
                     load = await load_in_child(options, names)
                 else:
@@ -633,6 +636,7 @@ async def run_scheduler(options: Options) -> RunResult:
                 cpu = time.process_time() - cpu
                 beam = _spent(beam, broker_cpu())
                 database = _spent(database, postgres_cpu() if postgres else None)
+                commits = _commits(store, since=commits)
             finally:
                 await service.shutdown()
             await running
@@ -642,8 +646,21 @@ async def run_scheduler(options: Options) -> RunResult:
         cpu=cpu,
         broker_cpu=beam,
         database_cpu=database,
+        commits=commits,
         slas=len(workload.slas),
     )
+
+
+def _commits(store: Store, since: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """A SQL store's commits and their transactions so far (``since``: the difference)."""
+    from flotilla.scheduler.sql import SqlStore
+
+    if not isinstance(store, SqlStore):
+        return None
+    calls, batches = store.batching["commit"]
+    if since is not None:
+        calls, batches = calls - since[0], batches - since[1]
+    return calls, batches
 
 
 def broker_cpu() -> float | None:
@@ -1099,6 +1116,16 @@ def report(options: Options, result: RunResult, raw: tuple[float, float] | None)
             f"{_ms(percentile(lags, 0.5))} / {_ms(percentile(lags, 0.99))}",
         ),
         ("outbox messages published per placement (commands + events)", f"{outbox:.2f}"),
+    ]
+    if result.commits is not None:
+        calls, batches = result.commits
+        rows.append(
+            (
+                "SQL store: commits per transaction (group commit)",
+                f"{calls / max(batches, 1):.1f} ({batches:,} transactions)",
+            )
+        )
+    rows += [
         (
             "scheduler process CPU per placement (consume, decide, commit, relay)",
             f"{_ms(result.cpu / placed)}",

@@ -503,6 +503,9 @@ async def test_commits_made_at_once_share_transactions(sql_store: SqlStore) -> N
     assert written <= 3
     assert transactions() - written <= 3
     assert found == committed == [replace(r, version=1) for r in records]
+    # The store counts the same: 40 commits over the transactions that began.
+    assert sql_store.batching["commit"] == (40, written)
+    assert sql_store.batching["get"][0] == 40
 
 
 def _count_transactions(store: SqlStore) -> Callable[[], int]:

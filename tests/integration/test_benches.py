@@ -59,6 +59,8 @@ def test_the_scheduler_bench_places_every_request(amqp_url: str, store: str) -> 
     assert number(commands) + number(failed) == 100
     assert "ms" in figure(output, "decision latency p50 / p99 / max (Lifecycle.requested)")
     assert "ms" in figure(output, "decision to command received p50 / p99 (outbox, relay, broker)")
+    if store != "memory":  # how many commits shared a transaction
+        assert number(figure(output, "SQL store: commits per transaction (group commit)")) >= 1
     three = number(figure(output, "all three processes, CPU per placement"))
     assert three > 0
     if store == "postgresql":  # the server's CPU is counted in the ceiling

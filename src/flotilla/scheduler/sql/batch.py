@@ -44,6 +44,9 @@ class Batcher(Generic[T, R]):
         self._key = key
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self.calls = 0
+        """Items written so far (or failed), over ``batches`` batches."""
+        self.batches = 0
 
     async def __call__(self, item: T) -> R:
         """Queue ``item`` for the next batch and return its outcome once written.
@@ -91,6 +94,8 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self.batches += 1
+        self.calls += len(batch)
         try:
             outcomes = await self._write([item for item, _ in batch])
         except asyncio.CancelledError:

@@ -128,6 +128,18 @@ class SqlStore:
         """Whether the store is open."""
         return self._state
 
+    @property
+    def batching(self) -> dict[str, tuple[int, int]]:
+        """Calls and the batches they went out in so far, per grouped call
+        (``commit``, ``get``, ``is_done``, ``record``): how much group commit shares."""
+        batchers: dict[str, Batcher[Any, Any]] = {
+            "commit": self._commits,
+            "get": self._gets,
+            "is_done": self._done_keys,
+            "record": self._records,
+        }
+        return {name: (b.calls, b.batches) for name, b in batchers.items()}
+
     async def __aenter__(self) -> Self:
         if self._state is not StoreState.UNOPENED:
             raise StoreClosedError(f"the store is already {self._state.value}")
