@@ -22,10 +22,12 @@ from flotilla.broker import (
 from flotilla.bus import Binding, Delivery, Queue, Topology
 from flotilla.bus.memory import MemoryBroker, MemoryBus
 from flotilla.scheduler.lifecycle import Lifecycle
+from flotilla.scheduler.model import Change, DeploymentRecord
 from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
 from flotilla.scheduler.relay import OutboxRelay
 from flotilla.scheduler.service import DeploymentLocks, SchedulerService
+from flotilla.scheduler.sql.error import DatabaseUnavailableError
 from flotilla.scheduler.store import MemoryStore
 from flotilla.schemas import (
     Capabilities,
@@ -80,6 +82,7 @@ class Federation:
     commands: dict[str, asyncio.Queue[Message]]
     service: SchedulerService
     placer: Placer
+    store: MemoryStore
 
     async def publish_as(self, site: str, message: Envelope) -> None:
         await self.sites[site].publish(message, route(message))
@@ -165,7 +168,7 @@ async def federation() -> AsyncIterator[Federation]:
         await report_site(site_buses["alpha"], "alpha", cores=100)
         await report_site(site_buses["beta"], "beta", cores=50)
         await eventually(lambda: all(registry.get(s) and registry.get(s).capacity for s in SITES))
-        yield Federation(broker, upstream, site_buses, events, commands, service, placer)
+        yield Federation(broker, upstream, site_buses, events, commands, service, placer, store)
         await service.shutdown()
         await task
         for bus in site_buses.values():
@@ -274,6 +277,35 @@ async def test_a_request_for_a_finished_deployment_is_refused_once_nothing_is_he
     assert federation.commands["beta"].empty()
     assert claims.held("alpha")["cores"] == 0
     assert claims.held("beta")["cores"] == 0
+
+
+async def test_a_create_written_though_its_commit_failed_is_put_right_when_redelivered(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first commit is written but reports an error (its answer was lost): the request
+    comes back, is found handled, and its deployment gets its claim and timers back, with
+    one command sent."""
+    store = federation.store
+    written = store.commit
+
+    async def written_then_lost(change: Change) -> DeploymentRecord:
+        monkeypatch.setattr(store, "commit", written)  # only the first commit
+        await written(change)
+        raise DatabaseUnavailableError("commit: no answer within 0:00:10")
+
+    monkeypatch.setattr(store, "commit", written_then_lost)
+    did = await submit(federation, timeout=timedelta(minutes=5))
+    command = await next_command(federation, "alpha")
+    assert isinstance(command, ProvisionDeployment)
+    service, claims = federation.service, federation.placer.claims
+    # Retried after a second: the attempt's and the deployment's deadlines are armed again.
+    await eventually(lambda: service.armed_timers == 2)
+    assert claims.held("alpha")["cores"] == 4
+    assert federation.commands["alpha"].empty()
+    assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
+    record = await store.get(did)
+    assert record is not None
+    assert record.status is DeploymentStatus.CREATE_IN_PROGRESS
 
 
 async def test_deployment_locks_are_forgotten_once_released() -> None:

@@ -25,7 +25,7 @@ from flotilla.broker import (
 from flotilla.bus import Bus, Delivery, Subscription, sender_must_match
 from flotilla.errors import PermanentError
 from flotilla.scheduler.lifecycle import Lifecycle
-from flotilla.scheduler.model import AttemptOutcome, Change
+from flotilla.scheduler.model import AttemptOutcome, AttemptRecord, Change, DeploymentRecord
 from flotilla.scheduler.placement import Placer
 from flotilla.scheduler.relay import OutboxRelay
 from flotilla.scheduler.store import Store
@@ -138,12 +138,24 @@ class SchedulerService:
         """Rebuild claims and timers for every deployment with an operation in flight."""
         in_flight = await self._store.in_flight()
         for record in in_flight:
-            for attempt in await self._store.attempts(record.id):
+            attempts = await self._store.attempts(record.id)
+            for attempt in attempts:
                 if attempt.outcome is AttemptOutcome.IN_PROGRESS:
                     await self._lifecycle.reclaim(record, attempt)
-                    self._arm_site_timer(record.id, attempt.number, attempt.deadline)
-            self._arm_overall_timer(record.id, record.deadline)
+            self._arm_stored(record, attempts)
         _log.info("scheduler_resumed", deployments=len(in_flight))
+
+    async def _rearm(self, deployment_id: str) -> None:
+        """Arm a deployment's timers from its stored deadlines, if it has an operation."""
+        record = await self._store.get(deployment_id)
+        if record is not None and record.operation is not None:
+            self._arm_stored(record, await self._store.attempts(deployment_id))
+
+    def _arm_stored(self, record: DeploymentRecord, attempts: list[AttemptRecord]) -> None:
+        for attempt in attempts:
+            if attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                self._arm_site_timer(record.id, attempt.number, attempt.deadline)
+        self._arm_overall_timer(record.id, record.deadline)
 
     async def _on_request(self, message: Message, delivery: Delivery) -> None:
         lifecycle = self._lifecycle
@@ -228,6 +240,9 @@ class SchedulerService:
                     raise
                 await not_written(change, exc)  # returns only for a redelivery
                 _log.info("duplicate_skipped", message_id=change.handled_key)
+                # Its first try may have been written although its commit failed: then
+                # nothing armed the deployment's timers.
+                await self._rearm(deployment_id)
                 return
         self._relay.wake()
         for attempt in change.attempts:
