@@ -299,13 +299,40 @@ async def test_a_create_written_though_its_commit_failed_is_put_right_when_redel
     assert isinstance(command, ProvisionDeployment)
     service, claims = federation.service, federation.placer.claims
     # Retried after a second: the attempt's and the deployment's deadlines are armed again.
-    await eventually(lambda: service.armed_timers == 2)
+    await eventually(lambda: service.armed(did).keys() == {0, 1})
     assert claims.held("alpha")["cores"] == 4
     assert federation.commands["alpha"].empty()
     assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
     record = await store.get(did)
     assert record is not None
     assert record.status is DeploymentStatus.CREATE_IN_PROGRESS
+
+
+async def test_a_failover_written_though_its_commit_failed_arms_its_deadline_when_redelivered(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alpha's failure is decided and written, but the commit reports an error: the report
+    comes back, is skipped as handled, and attempt 2's deadline replaces attempt 1's."""
+    did = await submit(federation, timeout=timedelta(minutes=5))
+    await next_command(federation, "alpha")
+    service, store = federation.service, federation.store
+    assert service.armed(did).keys() == {0, 1}
+    written = store.commit
+
+    async def written_then_lost(change: Change) -> DeploymentRecord:
+        monkeypatch.setattr(store, "commit", written)  # only this commit
+        await written(change)
+        raise DatabaseUnavailableError("commit: no answer within 0:00:10")
+
+    monkeypatch.setattr(store, "commit", written_then_lost)
+    cause = FailureCause(code="quota_exceeded", message="cores", retryable=False)
+    failure = Failure(deployment_id=did, site="alpha", attempt=1, cause=cause)
+    await federation.publish_as("alpha", ProvisioningFailed.create(failure, source="/sites/alpha"))
+    command = await next_command(federation, "beta")
+    assert isinstance(command, ProvisionDeployment)
+    assert command.data.attempt == 2
+    await eventually(lambda: service.armed(did).keys() == {0, 2})
+    assert federation.broker.depth(DELIVERY_POLICY.dead_letter.queue) == 0
 
 
 async def test_deployment_locks_are_forgotten_once_released() -> None:

@@ -95,6 +95,10 @@ class SchedulerService:
         """Timers waiting to fire: overall deadlines and those of attempts in flight."""
         return sum(len(slots) for slots in self._timers.values())
 
+    def armed(self, deployment_id: str) -> dict[int, datetime]:
+        """A deployment's armed deadlines by slot: 0 the overall one, n attempt n's."""
+        return {slot: at for slot, (at, _) in self._timers.get(deployment_id, {}).items()}
+
     async def run(self) -> None:
         """Resume deployments in flight, consume until ``shutdown()``, then drain and stop."""
         async with asyncio.TaskGroup() as tasks:
@@ -155,6 +159,8 @@ class SchedulerService:
         for attempt in attempts:
             if attempt.outcome is AttemptOutcome.IN_PROGRESS:
                 self._arm_site_timer(record.id, attempt.number, attempt.deadline)
+            else:
+                self._cancel(record.id, attempt.number)
         self._arm_overall_timer(record.id, record.deadline)
 
     async def _on_request(self, message: Message, delivery: Delivery) -> None:
@@ -227,6 +233,9 @@ class SchedulerService:
             checked_later = not_written is not None  # by the create's commit
             if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
+                # Its step may have been written although its commit failed: then nothing
+                # armed the deadlines it set.
+                await self._rearm(deployment_id)
                 return
             change = await decide()
             if change is None:
@@ -240,9 +249,7 @@ class SchedulerService:
                     raise
                 await not_written(change, exc)  # returns only for a redelivery
                 _log.info("duplicate_skipped", message_id=change.handled_key)
-                # Its first try may have been written although its commit failed: then
-                # nothing armed the deployment's timers.
-                await self._rearm(deployment_id)
+                await self._rearm(deployment_id)  # as above
                 return
         self._relay.wake()
         for attempt in change.attempts:
