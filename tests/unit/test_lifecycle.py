@@ -110,6 +110,16 @@ class Harness:
         self.clock.now += timedelta(seconds=1)
         self.placer.claims.site_reported(site, self.clock.now)
 
+    def restarted(self, *, grace: timedelta) -> Lifecycle:
+        """A lifecycle over the same store just after a start: no site has reported yet."""
+        return Lifecycle(
+            store=self.store,
+            placer=Placer(SiteRegistry(grace=timedelta(0), clock=self.clock), SLAS),
+            templates=Templates(template(vm())),
+            config=LifecycleConfig(grace=grace),
+            clock=self.clock,
+        )
+
     def commands(self, cls: type) -> list[Any]:
         return [m for m in self.sent if isinstance(m, cls)]
 
@@ -387,23 +397,6 @@ async def test_a_failed_commit_of_a_known_deployment_leaves_no_claim(
     assert harness.placer.claims.held("alpha")["cores"] == 0
 
 
-async def test_a_create_written_despite_a_failed_commit_claims_again_when_redelivered(
-    harness: Harness,
-) -> None:
-    """A commit can be written and still report an error (the answer was lost): its claim
-    is given back, and the redelivered request, found handled, claims attempt 1 again."""
-    message = request(new_id())
-    change = await harness.lifecycle.requested(message)
-    assert change is not None
-    await harness.store.commit(change)  # written, but the step hears an error
-    lost = DatabaseUnavailableError("commit: no answer within 0:00:10")
-    with pytest.raises(DatabaseUnavailableError):
-        await harness.lifecycle.create_not_written(change, message, lost)
-    assert harness.placer.claims.held("alpha")["cores"] == 0
-    assert await harness.request(message) is None
-    assert harness.placer.claims.held("alpha")["cores"] == 4  # attempt 1 is in flight
-
-
 async def test_a_handled_request_seen_again_within_the_start_grace_is_not_retried(
     harness: Harness,
 ) -> None:
@@ -412,13 +405,7 @@ async def test_a_handled_request_seen_again_within_the_start_grace_is_not_retrie
     did = new_id()
     message = request(did)
     await harness.request(message)
-    restarted = Lifecycle(
-        store=harness.store,
-        placer=Placer(SiteRegistry(grace=timedelta(0), clock=harness.clock), SLAS),
-        templates=Templates(template(vm())),
-        config=LifecycleConfig(grace=timedelta(seconds=30)),
-        clock=harness.clock,
-    )
+    restarted = harness.restarted(grace=timedelta(seconds=30))
     assert await restarted.requested(message) is None
     with pytest.raises(OperationInProgressError):
         await restarted.requested(request(did))
@@ -468,13 +455,7 @@ async def test_late_report_of_a_superseded_attempt_is_ignored(harness: Harness) 
 
 async def test_no_site_within_the_start_grace_is_retried_not_failed(harness: Harness) -> None:
     """Right after a start, an empty ranking is a retryable error, not CREATE_FAILED."""
-    lifecycle = Lifecycle(
-        store=harness.store,
-        placer=Placer(SiteRegistry(grace=timedelta(0), clock=harness.clock), SLAS),
-        templates=Templates(template(vm())),
-        config=LifecycleConfig(grace=timedelta(seconds=30)),
-        clock=harness.clock,
-    )
+    lifecycle = harness.restarted(grace=timedelta(seconds=30))
     with pytest.raises(RetryableError, match="not reported since the scheduler started"):
         await lifecycle.requested(request(new_id()))
     harness.clock.now += timedelta(seconds=31)

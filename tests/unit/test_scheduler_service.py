@@ -279,6 +279,18 @@ async def test_a_request_for_a_finished_deployment_is_refused_once_nothing_is_he
     assert claims.held("beta")["cores"] == 0
 
 
+def lose_the_answer_of_the_next_commit(store: MemoryStore, mp: pytest.MonkeyPatch) -> None:
+    """The store's next commit is written but reports an error, as when its answer is lost."""
+    written = store.commit
+
+    async def written_then_lost(change: Change) -> DeploymentRecord:
+        mp.setattr(store, "commit", written)  # only this commit
+        await written(change)
+        raise DatabaseUnavailableError("commit: no answer within 0:00:10")
+
+    mp.setattr(store, "commit", written_then_lost)
+
+
 async def test_a_create_written_though_its_commit_failed_is_put_right_when_redelivered(
     federation: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,14 +298,7 @@ async def test_a_create_written_though_its_commit_failed_is_put_right_when_redel
     comes back, is found handled, and its deployment gets its claim and timers back, with
     one command sent."""
     store = federation.store
-    written = store.commit
-
-    async def written_then_lost(change: Change) -> DeploymentRecord:
-        monkeypatch.setattr(store, "commit", written)  # only the first commit
-        await written(change)
-        raise DatabaseUnavailableError("commit: no answer within 0:00:10")
-
-    monkeypatch.setattr(store, "commit", written_then_lost)
+    lose_the_answer_of_the_next_commit(store, monkeypatch)
     did = await submit(federation, timeout=timedelta(minutes=5))
     command = await next_command(federation, "alpha")
     assert isinstance(command, ProvisionDeployment)
@@ -317,14 +322,7 @@ async def test_a_failover_written_though_its_commit_failed_arms_its_deadline_whe
     await next_command(federation, "alpha")
     service, store = federation.service, federation.store
     assert service.armed(did).keys() == {0, 1}
-    written = store.commit
-
-    async def written_then_lost(change: Change) -> DeploymentRecord:
-        monkeypatch.setattr(store, "commit", written)  # only this commit
-        await written(change)
-        raise DatabaseUnavailableError("commit: no answer within 0:00:10")
-
-    monkeypatch.setattr(store, "commit", written_then_lost)
+    lose_the_answer_of_the_next_commit(store, monkeypatch)
     cause = FailureCause(code="quota_exceeded", message="cores", retryable=False)
     failure = Failure(deployment_id=did, site="alpha", attempt=1, cause=cause)
     await federation.publish_as("alpha", ProvisioningFailed.create(failure, source="/sites/alpha"))

@@ -170,17 +170,12 @@ class Lifecycle:
         """A request for a deployment that exists: nothing to do if it was handled, else refused.
 
         The step that handled a request also wrote its deployment, so only then can the
-        request's key have been recorded. Attempt 1, still in flight, holds its claim again
-        if it lost it: its create was written although the commit reported an error.
+        request's key have been recorded.
         """
         deployment_id = message.data.deployment_id
         existing = existing or await self._store.get(deployment_id)
         if existing is None:  # refused as existing, yet gone: decide again on redelivery
             raise RetryableError(f"deployment {deployment_id} changed while placed")
-        if not self._placer.claims.holds(attempt_key(deployment_id, 1)):
-            for attempt in await self._store.attempts(deployment_id):
-                if attempt.number == 1 and attempt.outcome is AttemptOutcome.IN_PROGRESS:
-                    await self.reclaim(existing, attempt)
         if await self._store.is_done(message.id):
             return
         raise _busy_or_exists(existing)

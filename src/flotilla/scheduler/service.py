@@ -25,7 +25,7 @@ from flotilla.broker import (
 from flotilla.bus import Bus, Delivery, Subscription, sender_must_match
 from flotilla.errors import PermanentError
 from flotilla.scheduler.lifecycle import Lifecycle
-from flotilla.scheduler.model import AttemptOutcome, AttemptRecord, Change, DeploymentRecord
+from flotilla.scheduler.model import AttemptOutcome, Change, DeploymentRecord
 from flotilla.scheduler.placement import Placer
 from flotilla.scheduler.relay import OutboxRelay
 from flotilla.scheduler.store import Store
@@ -142,22 +142,21 @@ class SchedulerService:
         """Rebuild claims and timers for every deployment with an operation in flight."""
         in_flight = await self._store.in_flight()
         for record in in_flight:
-            attempts = await self._store.attempts(record.id)
-            for attempt in attempts:
-                if attempt.outcome is AttemptOutcome.IN_PROGRESS:
-                    await self._lifecycle.reclaim(record, attempt)
-            self._arm_stored(record, attempts)
+            await self._restore(record)
         _log.info("scheduler_resumed", deployments=len(in_flight))
 
     async def _rearm(self, deployment_id: str) -> None:
-        """Arm a deployment's timers from its stored deadlines, if it has an operation."""
+        """``_restore`` one deployment, if it has an operation in flight."""
         record = await self._store.get(deployment_id)
         if record is not None and record.operation is not None:
-            self._arm_stored(record, await self._store.attempts(deployment_id))
+            await self._restore(record)
 
-    def _arm_stored(self, record: DeploymentRecord, attempts: list[AttemptRecord]) -> None:
-        for attempt in attempts:
+    async def _restore(self, record: DeploymentRecord) -> None:
+        """Claims and timers from what is stored: each attempt in flight claims its usage
+        (again) and arms its deadline, and the deployment arms its overall deadline."""
+        for attempt in await self._store.attempts(record.id):
             if attempt.outcome is AttemptOutcome.IN_PROGRESS:
+                await self._lifecycle.reclaim(record, attempt)
                 self._arm_site_timer(record.id, attempt.number, attempt.deadline)
             else:
                 self._cancel(record.id, attempt.number)
@@ -234,7 +233,7 @@ class SchedulerService:
             if cause is not None and not checked_later and await self._store.is_done(cause.id):
                 _log.info("duplicate_skipped", message_id=cause.id)
                 # Its step may have been written although its commit failed: then nothing
-                # armed the deadlines it set.
+                # armed the deadlines it set, and a create gave its claim back.
                 await self._rearm(deployment_id)
                 return
             change = await decide()
