@@ -85,6 +85,14 @@ class SchedulerSettings(BaseModel):
             " command (see bench/scheduler.py)."
         ),
     )
+    relay_process: bool = Field(
+        default=True,
+        description=(
+            "Publish the outbox from a child process of the scheduler, so that publishing"
+            " runs beside deciding instead of taking turns with it on one core (see"
+            " bench/scheduler.py); false publishes from the scheduler's own process."
+        ),
+    )
 
 
 class GatewaySettings(BaseModel):

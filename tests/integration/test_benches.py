@@ -61,12 +61,14 @@ def test_the_scheduler_bench_places_every_request(amqp_url: str, store: str) -> 
     assert "ms" in figure(output, "decision to command received p50 / p99 (outbox, relay, broker)")
     if store != "memory":  # how many commits shared a transaction
         assert number(figure(output, "SQL store: commits per transaction (group commit)")) >= 1
-    three = number(figure(output, "all three processes, CPU per placement"))
+    if store != "memory":  # the relay publishes from a process of its own
+        assert number(figure(output, "its relay process CPU per placement")) > 0
+    three = number(figure(output, "the processes above, CPU per placement"))
     assert three > 0
     if store == "postgresql":  # the server's CPU is counted in the ceiling
         # A small run may use less than one clock tick of the server's CPU: 0.00 ms.
         database = number(figure(output, "database (postgres) CPU per placement"))
-        four = number(figure(output, "all four, CPU per placement"))
+        four = number(figure(output, "with the database, CPU per placement"))
         assert four == pytest.approx(three + database, abs=0.011)
     assert number(figure(output, "broker round trip, raw aio-pika, 64 confirms in flight")) > 0
 

@@ -362,3 +362,33 @@ async def test_parked_entries_never_hold_back_new_work(world: World) -> None:
             await relay.room()
 
     assert len(await world.store.pending()) == 2
+
+
+async def test_room_waits_only_after_behind_after_full_batches_in_a_row(world: World) -> None:
+    """With behind_after=2, one full batch leaves room; the second makes new work wait, and
+    on_behind hears of falling behind and of catching up."""
+    for _ in range(6):
+        await world.commit(release(new_id()))
+    told: list[bool] = []
+
+    async with GatedBus(world.broker, allowed=0) as bus:
+        relay = OutboxRelay(world.store, bus, batch=2, behind_after=2)
+        relay.on_behind = told.append
+        async with running(relay):
+            async with asyncio.timeout(5):
+                await bus.held.wait()  # one full batch read, its first publish held
+                await relay.room()
+            assert told == []
+            bus.allowed, bus.held = 2, asyncio.Event()
+            bus.gate.set()
+            async with asyncio.timeout(5):
+                await world.store.wait_empty()
+                await relay.room()
+
+    assert told == [True, False]
+
+
+async def test_behind_after_counts_at_least_one_batch(world: World) -> None:
+    """A relay that could never be behind is refused."""
+    with pytest.raises(ValueError, match="at least 1"):
+        OutboxRelay(world.store, world.bus, behind_after=0)

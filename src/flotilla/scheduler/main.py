@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import structlog
@@ -13,11 +15,13 @@ import structlog
 from flotilla.broker import DELIVERY_POLICY
 from flotilla.bus import Bus
 from flotilla.bus.rabbitmq import RabbitBus
+from flotilla.log import configure_logging
 from flotilla.scheduler.leader import leader_election
 from flotilla.scheduler.lifecycle import Lifecycle, LifecycleConfig, TemplateSource
 from flotilla.scheduler.placement import Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
-from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.relay import OutboxRelay, Relay
+from flotilla.scheduler.relay_process import BEHIND_AFTER, RelayProcess
 from flotilla.scheduler.service import SchedulerService
 from flotilla.scheduler.sla import load_slas
 from flotilla.scheduler.sql import SqlStore
@@ -46,7 +50,14 @@ async def run_scheduler(settings: Settings) -> None:
     _log.info("scheduler_leading", slas=len(slas))
     bus = RabbitBus.from_settings(settings.bus, policy=DELIVERY_POLICY, name="flotilla-scheduler")
     async with bus, SqlStore(url) as store, TemplateParser() as parser:
-        service = build_scheduler(settings, bus=bus, store=store, parser=parser, slas=slas)
+        relay = (
+            RelayProcess(partial(open_relay, settings), loop=settings.event_loop)
+            if config.relay_process
+            else None
+        )
+        service = build_scheduler(
+            settings, bus=bus, store=store, parser=parser, slas=slas, relay=relay
+        )
         tune_collector()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(service.run())
@@ -83,8 +94,12 @@ def build_scheduler(
     slas: list[Sla],
     verify_senders: bool | None = None,
     registry: SiteRegistry | None = None,
+    relay: Relay | None = None,
 ) -> SchedulerService:
-    """Wire a scheduler service from its settings and adapters (also used by ``flotilla up``)."""
+    """Wire a scheduler service from its settings and adapters (also used by ``flotilla up``).
+
+    Without ``relay``, the outbox is published from this process.
+    """
     config = settings.scheduler
     placer = Placer(registry or SiteRegistry(grace=config.grace), slas)
     lifecycle = Lifecycle(
@@ -100,10 +115,22 @@ def build_scheduler(
         store=store,
         lifecycle=lifecycle,
         placer=placer,
-        relay=OutboxRelay(store, bus),
+        relay=relay or OutboxRelay(store, bus),
         verify_senders=config.verify_senders if verify_senders is None else verify_senders,
         prefetch=config.prefetch,
     )
+
+
+@asynccontextmanager
+async def open_relay(settings: Settings) -> AsyncIterator[OutboxRelay]:
+    """The relay of the scheduler's ``RelayProcess``, on connections of its own."""
+    configure_logging(settings.log)
+    bus = RabbitBus.from_settings(
+        settings.bus, policy=DELIVERY_POLICY, name="flotilla-scheduler-relay"
+    )
+    url = settings.scheduler.store_url.get_secret_value()
+    async with bus, SqlStore(url, migrate=False) as store:
+        yield OutboxRelay(store, bus, behind_after=BEHIND_AFTER)
 
 
 async def _until(work: Coroutine[Any, Any, object], stop: asyncio.Event) -> None:

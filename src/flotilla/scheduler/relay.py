@@ -32,7 +32,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -44,6 +44,19 @@ from flotilla.scheduler.store import Store
 
 _log = structlog.get_logger("flotilla.scheduler.relay")
 T = TypeVar("T")
+
+
+class Relay(Protocol):
+    """What the scheduler service needs of a relay: an ``OutboxRelay`` beside it, or one
+    in a process of its own (``flotilla.scheduler.relay_process.RelayProcess``)."""
+
+    def wake(self) -> None: ...
+
+    async def room(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -67,6 +80,8 @@ class OutboxRelay:
         retry_delays: First and longest delay between tries of a retryable failure.
         park_limit: Longest delay between tries of a parked entry.
         concurrency: Deployments whose messages are being published at once.
+        behind_after: Full batches read in a row after which the relay is behind and
+            ``room()`` makes new work wait.
     """
 
     def __init__(
@@ -83,7 +98,10 @@ class OutboxRelay:
         ),
         park_limit: timedelta = timedelta(minutes=5),
         concurrency: int = 64,
+        behind_after: int = 1,
     ) -> None:
+        if behind_after < 1:
+            raise ValueError(f"behind_after counts full batches, at least 1, not {behind_after}")
         self._store = store
         self._bus = bus
         self._poll = poll_interval.total_seconds()
@@ -97,6 +115,11 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._caught_up.set()
+        self._behind_after = behind_after
+        self._full_batches = 0  # read in a row
+        self.on_behind: Callable[[bool], None] | None = None
+        """Told when the relay falls behind (True) and when it catches up (False): what
+        ``room()`` waits on, for a scheduler in another process (``RelayProcess``)."""
         self._running = False
         self._finished = asyncio.Event()
 
@@ -134,10 +157,10 @@ class OutboxRelay:
                 self._wake.clear()
                 if await self._relay_batch():
                     continue  # a full batch: there may be more right away
-                self._caught_up.set()
+                self._behind(False)
                 await self._wait(self._wake, self._poll)
         finally:
-            self._caught_up.set()
+            self._behind(False)
             self._finished.set()
             _log.info("outbox_relay_stopped")
 
@@ -163,7 +186,11 @@ class OutboxRelay:
         if entries is None:
             return False
         if len(entries) >= limit:
-            self._caught_up.clear()  # a full batch: new work waits while it goes out
+            self._full_batches += 1
+            if self._full_batches >= self._behind_after:
+                self._behind(True)  # full batches: new work waits while they go out
+        else:
+            self._full_batches = 0
         groups: dict[str, list[OutboxEntry]] = {}
         for entry in entries:
             groups.setdefault(_ordering_key(entry), []).append(entry)
@@ -221,6 +248,16 @@ class OutboxRelay:
             else:
                 return True
         return False
+
+    def _behind(self, behind: bool) -> None:
+        if behind == (not self._caught_up.is_set()):
+            return
+        if behind:
+            self._caught_up.clear()
+        else:
+            self._caught_up.set()
+        if self.on_behind is not None:
+            self.on_behind(behind)
 
     async def _mark_sent(self, sequences: list[int]) -> bool:
         await self._store.mark_sent(sequences)

@@ -27,7 +27,7 @@ from flotilla.errors import PermanentError
 from flotilla.scheduler.lifecycle import Lifecycle
 from flotilla.scheduler.model import AttemptOutcome, Change, DeploymentRecord
 from flotilla.scheduler.placement import Placer
-from flotilla.scheduler.relay import OutboxRelay
+from flotilla.scheduler.relay import Relay
 from flotilla.scheduler.store import Store
 from flotilla.schemas import (
     DeploymentDeleteRequested,
@@ -60,7 +60,7 @@ class SchedulerService:
         store: Store,
         lifecycle: Lifecycle,
         placer: Placer,
-        relay: OutboxRelay,
+        relay: Relay,
         verify_senders: bool = True,
         prefetch: int = 64,
         clock: Callable[[], datetime] = utc_now,

@@ -124,6 +124,11 @@ class SqlStore:
         return await store.__aenter__()
 
     @property
+    def url(self) -> str:
+        """The database URL the store was made with."""
+        return self._url
+
+    @property
     def state(self) -> StoreState:
         """Whether the store is open."""
         return self._state
