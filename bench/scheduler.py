@@ -535,15 +535,20 @@ class Options:
     raw_count: int
     seed: int
     loop: EventLoop
-    relay: str  # "process" or "inline"
+    relay: str  # "auto", "process" or "inline"
 
     @property
     def relay_process(self) -> bool:
-        """Whether the outbox relay runs in a child process, as the scheduler ships.
+        """Whether the outbox relay runs in a child process, as the scheduler does on
+        PostgreSQL (``SchedulerSettings.relays_in_child``).
 
         It cannot with the memory store or bus, which live in this process.
         """
-        return self.relay == "process" and self.store != "memory" and self.bus == "rabbitmq"
+        if self.store == "memory" or self.bus != "rabbitmq":
+            return False
+        if self.relay == "auto":
+            return self.store.startswith("postgresql")
+        return self.relay == "process"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1305,11 +1310,12 @@ def parse() -> Options:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--relay",
-        choices=("process", "inline"),
-        default="process" if SchedulerSettings().relay_process else "inline",
+        choices=("auto", "process", "inline"),
+        default="auto",
         help=(
-            "Publish the outbox from a child process, as the scheduler does by default, or"
-            " from the scheduler's process (always so with the memory store or bus)."
+            "Publish the outbox from a child process or from the scheduler's own; auto: as"
+            " the scheduler does by default, a child on PostgreSQL, its own on SQLite (and"
+            " always its own with the memory store or bus)."
         ),
     )
     parser.add_argument(

@@ -58,6 +58,21 @@ def test_the_scheduler_takes_its_own_prefetch(monkeypatch: pytest.MonkeyPatch) -
     assert build(Settings()).prefetch == 128
 
 
+def test_the_outbox_is_published_from_a_child_process_on_postgresql_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """By default a child process publishes on PostgreSQL, not on SQLite (one writer at a
+    time); FLOTILLA_SCHEDULER__RELAY_PROCESS decides either way."""
+    assert not Settings().scheduler.relays_in_child()  # SQLite by default
+    monkeypatch.setenv("FLOTILLA_SCHEDULER__STORE_URL", "postgresql+asyncpg://db/flotilla")
+    assert Settings().scheduler.relays_in_child()
+    monkeypatch.setenv("FLOTILLA_SCHEDULER__RELAY_PROCESS", "false")
+    assert not Settings().scheduler.relays_in_child()
+    monkeypatch.setenv("FLOTILLA_SCHEDULER__STORE_URL", "sqlite:///flotilla.db")
+    monkeypatch.setenv("FLOTILLA_SCHEDULER__RELAY_PROCESS", "true")
+    assert Settings().scheduler.relays_in_child()
+
+
 class _NoTemplates:
     async def requirements(self, template: str, inputs: Mapping[str, Any]) -> TemplateRequirements:
         raise AssertionError("no template is parsed while wiring")
