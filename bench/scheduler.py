@@ -42,6 +42,7 @@ import psutil
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pydantic import SecretStr
 
 from baseline import aiormq_defaults
 from broker_cleanup import delete_topology
@@ -546,9 +547,9 @@ class Options:
         """
         if self.store == "memory" or self.bus != "rabbitmq":
             return False
-        if self.relay == "auto":
-            return self.store.startswith("postgresql")
-        return self.relay == "process"
+        chosen = None if self.relay == "auto" else self.relay == "process"
+        scheduler = SchedulerSettings(store_url=SecretStr(self.store), relay_process=chosen)
+        return scheduler.relays_in_child()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
