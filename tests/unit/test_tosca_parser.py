@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -78,6 +82,58 @@ async def test_closed_parser_refuses_work() -> None:
     assert parser.state is ParserState.CLOSED
     with pytest.raises(ParserClosedError):
         await parser.parse(REQUIRED)
+
+
+# Parses the template on stdin, says so, and waits to be killed.
+OWNER = """
+import asyncio, sys
+from flotilla.scheduler.tosca import TemplateParser
+
+async def main():
+    parser = TemplateParser()
+    await parser.parse(sys.stdin.read())
+    print("parsed", flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+def _gone(process: psutil.Process, timeout: float) -> bool:
+    """Whether ``process`` exits (or is only left to be reaped) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_worker_exits_when_its_owner_is_killed() -> None:
+    """A SIGKILLed scheduler leaves no parser worker behind, idling under init."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert owner.stdin is not None
+        assert owner.stdout is not None
+        owner.stdin.write(REQUIRED.encode())
+        owner.stdin.close()
+        assert owner.stdout.readline() == b"parsed\n"
+        workers = [
+            child
+            for child in psutil.Process(owner.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 1
+    finally:
+        owner.kill()
+        owner.wait()
+
+    assert _gone(workers[0], timeout=10), "the parser worker outlived its owner"
 
 
 def test_cli_check_prints_requirements_json() -> None:

@@ -11,6 +11,10 @@ import copy
 import hashlib
 import io
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from typing import Any
 
 from toscaparser.common.exception import ExceptionCollector  # type: ignore[import-untyped]
@@ -47,11 +51,31 @@ class _Template(ToscaTemplate):  # type: ignore[misc]
 def initialize() -> None:
     """Prepare the worker process: patches, quiet logging, the type library."""
     global _library
+    _exit_with_parent()
     compat.apply()
     # tosca-parser logs warnings (missing inputs, assumed versions) meant for its own CLI.
     logging.getLogger("tosca").setLevel(logging.CRITICAL)
     logging.getLogger("tosca.model").setLevel(logging.CRITICAL)
     _library = TypeLibrary.load()
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies, however it died.
+
+    The pool stops its workers when its owner shuts it down, but an owner killed outright
+    (SIGKILL, the OOM killer) tells them nothing: each waits on its call queue, whose pipe
+    it holds both ends of, so it would idle on forever under init. The parent's sentinel,
+    a pipe whose other end only the parent holds, becomes readable when the parent is gone.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # called in the parent's own process (tests, the CLI)
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)  # a parse under way has nobody left to answer
+
+    threading.Thread(target=watch, name="flotilla-parent-watch", daemon=True).start()
 
 
 def digest(text: str) -> str:
