@@ -18,13 +18,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from structlog.testing import capture_logs
 
 from flotilla.broker import DELIVERY_POLICY, core_topology, site_commands_queue, site_topology
 from flotilla.bus import Delivery
 from flotilla.bus.rabbitmq import RabbitBus
 from flotilla.scheduler.model import Change
 from flotilla.scheduler.relay import OutboxRelay
-from flotilla.scheduler.relay_process import RelayProcess
+from flotilla.scheduler.relay_process import OpenRelay, RelayProcess
 from flotilla.scheduler.sql import SqlStore
 from flotilla.schemas import Message, new_id
 from tests.unit.test_relay import record, release
@@ -42,6 +43,13 @@ async def open_test_relay(amqp_url: str, store_url: str) -> AsyncIterator[Outbox
         RabbitBus(url=amqp_url, policy=DELIVERY_POLICY, name="relay-child") as bus,
     ):
         yield OutboxRelay(store, bus, poll_interval=timedelta(hours=1))
+
+
+@asynccontextmanager
+async def open_failing_relay() -> AsyncIterator[OutboxRelay]:
+    """The child's relay when the broker is down: it fails as it opens."""
+    raise ConnectionRefusedError("the broker is down")
+    yield  # pragma: no cover - never reached; makes this a generator
 
 
 @dataclass
@@ -67,6 +75,7 @@ class World:
     store: SqlStore
     relay: RelayProcess
     site: Site
+    opener: OpenRelay
 
     async def commit(self, count: int) -> list[str]:
         """Commit one deployment with ``count`` commands; their ids in order."""
@@ -97,7 +106,7 @@ async def world(vhost_url: str, tmp_path: Path) -> AsyncIterator[World]:
         await bus.subscribe(SITE_QUEUE, site.on_command)
         opener = partial(open_test_relay, vhost_url, store_url)
         relay = RelayProcess(opener, loop="asyncio", restart_delay=timedelta(milliseconds=50))
-        yield World(store=store, relay=relay, site=site)
+        yield World(store=store, relay=relay, site=site, opener=opener)
 
 
 @asynccontextmanager
@@ -187,3 +196,53 @@ async def test_shutdown_before_run_starts_no_child(world: World) -> None:
         await world.relay.room()
     world.relay.wake()
     assert world.relay.starts == 0
+
+
+async def test_children_failing_as_they_open_are_restarted_ever_more_slowly() -> None:
+    """A broker or database that is down fails every child: the waits double to the limit
+    (a child never ready never starts them afresh, however long it took to fail)."""
+    relay = RelayProcess(
+        open_failing_relay,
+        loop="asyncio",
+        restart_delay=timedelta(milliseconds=50),
+        restart_limit=timedelta(milliseconds=200),  # shorter than a child's start: never afresh
+    )
+    with capture_logs() as logs:
+        async with running(relay):
+
+            async def four_exits() -> bool:
+                return sum(e["event"] == "outbox_relay_process_exited" for e in logs) >= 4
+
+            await until(four_exits)
+
+    exits = [e for e in logs if e["event"] == "outbox_relay_process_exited"]
+    assert [e["restart_in"] for e in exits[:4]] == [0.05, 0.1, 0.2, 0.2]
+    assert {e["exitcode"] for e in exits} == {1}
+    assert {e["log_level"] for e in exits} == {"error"}
+
+
+async def test_a_child_that_worked_a_while_starts_the_waits_afresh(world: World) -> None:
+    """Killed after relaying for longer than the limit, each child is restarted after the
+    first wait again, not a doubled one."""
+    world.relay = RelayProcess(
+        world.opener,
+        loop="asyncio",
+        restart_delay=timedelta(milliseconds=10),
+        restart_limit=timedelta(milliseconds=40),  # far shorter than a child's life here
+    )
+    with capture_logs() as logs:
+        async with running(world.relay):
+            for sent in (2, 4):
+                await world.commit(2)
+                await world.site.wait_for(sent)  # so the child was ready
+                pid = await child_pid(world.relay)
+                os.kill(pid, signal.SIGKILL)
+                await until(partial(gone, pid))
+
+            async def two_exits() -> bool:
+                return sum(e["event"] == "outbox_relay_process_exited" for e in logs) >= 2
+
+            await until(two_exits)
+
+    exits = [e for e in logs if e["event"] == "outbox_relay_process_exited"]
+    assert [e["restart_in"] for e in exits[:2]] == [0.01, 0.01]

@@ -11,15 +11,20 @@ in-process relay is: ``run``, ``shutdown``, ``wake`` and ``room``.
 The two talk over two pipes, one byte per signal, never blocking the scheduler:
 
 - scheduler to child: ``w`` (a commit wrote messages: relay now), ``s`` (stop);
-- child to scheduler: ``b`` (behind: ``room()`` makes new work wait), ``c`` (caught up).
+- child to scheduler: ``r`` (ready: its store and bus are open), ``b`` (behind: ``room()``
+  makes new work wait), ``c`` (caught up).
 
 A wake that finds the pipe full is dropped: the child already has wakes to read, and
 it polls the outbox besides. The child stops when told, on SIGTERM, and when the
 scheduler's end of the pipe closes, which is what a killed scheduler leaves behind; it
 ignores SIGINT, which a terminal sends to the whole process group, and waits to be told.
-A child that exits on its own is started again after ``restart_delay``; its outbox
-entries are still there, so nothing is lost, and a message it published but had not yet
-removed goes again with the same id (consumers are idempotent on it).
+A child that exits on its own is started again after ``restart_delay``, and after twice
+as long each time it exits again, up to ``restart_limit``: a database or broker that is
+down makes every child fail as it opens, and the scheduler should neither spin nor flood
+its log meanwhile. A child that was ready and ran longer than the limit starts the waits
+afresh. Its outbox entries are still there, so nothing is lost, and a
+message it published but had not yet removed goes again with the same id (consumers are
+idempotent on it).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from flotilla.settings import EventLoop
 
 _log = structlog.get_logger("flotilla.scheduler.relay")
 
-WAKE, STOP, BEHIND, CAUGHT_UP = b"w", b"s", b"b", b"c"
+WAKE, STOP, READY, BEHIND, CAUGHT_UP = b"w", b"s", b"r", b"b", b"c"
 
 BEHIND_AFTER = 3
 """``OutboxRelay.behind_after`` for a relay in a process of its own. With the scheduler
@@ -62,6 +67,9 @@ class RelayProcess:
         open_relay: Builds the child's relay (see ``OpenRelay``).
         loop: The child's event loop.
         restart_delay: Wait before starting a child again that exited on its own.
+        restart_limit: The longest wait: each exit doubles the wait before the next start,
+            up to here, unless the child was ready and ran longer than this, which brings
+            it back to ``restart_delay``.
         stop_timeout: How long ``shutdown()`` waits for the child to finish the publishes
             under way before killing it.
     """
@@ -72,15 +80,22 @@ class RelayProcess:
         *,
         loop: EventLoop = "uvloop",
         restart_delay: timedelta = timedelta(seconds=1),
+        restart_limit: timedelta = timedelta(seconds=30),
         stop_timeout: timedelta = timedelta(seconds=35),
     ) -> None:
+        if restart_limit < restart_delay:
+            raise ValueError(
+                f"restart_limit {restart_limit} is below restart_delay {restart_delay}"
+            )
         self._open_relay = open_relay
         self._loop_kind = loop
         self._restart_delay = restart_delay.total_seconds()
+        self._restart_limit = restart_limit.total_seconds()
         self._stop_timeout = stop_timeout.total_seconds()
         self._process: multiprocessing.process.BaseProcess | None = None
         self._to_child: Connection | None = None
         self._wake_queued = False
+        self._ready = False  # the running child opened its store and bus
         self._caught_up = asyncio.Event()
         self._caught_up.set()
         self._stopping = asyncio.Event()
@@ -112,17 +127,23 @@ class RelayProcess:
         if self._stopping.is_set() or self._running:
             return
         self._running = True
+        loop = asyncio.get_running_loop()
+        delay = self._restart_delay
         try:
             while not self._stopping.is_set():
+                started = loop.time()
                 exitcode = await self._run_child()
                 if self._stopping.is_set():
                     break
+                if self._ready and loop.time() - started >= self._restart_limit:
+                    delay = self._restart_delay  # it worked a good while: start afresh
                 # A clean exit is a SIGTERM sent to the whole process group, as to this one.
                 log = _log.info if exitcode == 0 else _log.error
-                log("outbox_relay_process_exited", exitcode=exitcode)
+                log("outbox_relay_process_exited", exitcode=exitcode, restart_in=round(delay, 3))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._restart_delay):
+                    async with asyncio.timeout(delay):
                         await self._stopping.wait()
+                delay = min(delay * 2, self._restart_limit)
         finally:
             self._caught_up.set()
             self._finished.set()
@@ -161,7 +182,7 @@ class RelayProcess:
         child_in.close()  # the child's ends: closed here, so only the child holds them
         child_out.close()
         os.set_blocking(to_child.fileno(), False)
-        self._process, self._to_child = process, to_child
+        self._process, self._to_child, self._ready = process, to_child, False
         _log.info("outbox_relay_process_started", pid=process.pid)
         loop = asyncio.get_running_loop()
         exited = asyncio.Event()
@@ -192,9 +213,12 @@ class RelayProcess:
         if not signals:  # the child is gone; its sentinel says so too
             asyncio.get_running_loop().remove_reader(pipe.fileno())
             return
+        if READY in signals:
+            self._ready = True
+            signals = signals.replace(READY, b"")
         if signals[-1:] == BEHIND:  # only the last state matters
             self._caught_up.clear()
-        else:
+        elif signals:
             self._caught_up.set()
 
     def _send_wake(self) -> None:
@@ -224,6 +248,7 @@ async def _relay_until_stopped(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with open_relay() as relay:
+        _send(outbox, READY)
 
         def on_signals() -> None:
             try:
