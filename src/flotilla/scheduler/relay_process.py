@@ -22,9 +22,9 @@ A child that exits on its own is started again after ``restart_delay``, and afte
 as long each time it exits again, up to ``restart_limit``: a database or broker that is
 down makes every child fail as it opens, and the scheduler should neither spin nor flood
 its log meanwhile. A child that was ready and ran longer than the limit starts the waits
-afresh. Its outbox entries are still there, so nothing is lost, and a
-message it published but had not yet removed goes again with the same id (consumers are
-idempotent on it).
+afresh. Its outbox entries are still there, so nothing is lost, and a message it
+published but had not yet removed goes again with the same id (consumers are idempotent
+on it).
 """
 
 from __future__ import annotations
