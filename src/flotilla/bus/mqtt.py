@@ -13,13 +13,13 @@ This module alone imports ``aiomqtt``.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 
 import aiomqtt
 import structlog
 
+from flotilla.backoff import Backoff
 from flotilla.bus.port import Bus, Delivery
 from flotilla.errors import PermanentError, RetryableError
 from flotilla.schemas import Message, encode
@@ -74,25 +74,6 @@ class MirrorPolicy:
     prefetch: int = 16
 
 
-class _Backoff:
-    """Capped exponential backoff with jitter, reset after a successful connection."""
-
-    def __init__(self, initial: timedelta, cap: timedelta) -> None:
-        self._initial = initial.total_seconds()
-        self._cap = cap.total_seconds()
-        self._next = self._initial
-
-    def reset(self) -> None:
-        """Start again from the initial delay."""
-        self._next = self._initial
-
-    def delay(self) -> float:
-        """The next wait in seconds, with up to 10 % jitter; doubles the following one."""
-        current = self._next
-        self._next = min(self._next * 2, self._cap)
-        return current * random.uniform(0.9, 1.0)
-
-
 class MqttMirror:
     """Mirrors the events on a bus queue to MQTT topics, reconnecting by itself.
 
@@ -113,7 +94,7 @@ class MqttMirror:
         self._settings = settings
         self._queue = queue
         self._policy = policy or MirrorPolicy()
-        self._backoff = _Backoff(self._policy.reconnect_delay, self._policy.max_reconnect_delay)
+        self._backoff = Backoff(self._policy.reconnect_delay, self._policy.max_reconnect_delay)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()

@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection
 import structlog
 
 from flotilla import runtime
+from flotilla.backoff import Backoff
 from flotilla.scheduler.relay import OutboxRelay
 from flotilla.settings import EventLoop
 
@@ -89,7 +90,8 @@ class RelayProcess:
             )
         self._open_relay = open_relay
         self._loop_kind = loop
-        self._restart_delay = restart_delay.total_seconds()
+        # One child: no crowd of clients to spread out, so no jitter.
+        self._backoff = Backoff(restart_delay, restart_limit, jitter=0)
         self._restart_limit = restart_limit.total_seconds()
         self._stop_timeout = stop_timeout.total_seconds()
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -128,7 +130,6 @@ class RelayProcess:
             return
         self._running = True
         loop = asyncio.get_running_loop()
-        delay = self._restart_delay
         try:
             while not self._stopping.is_set():
                 started = loop.time()
@@ -136,14 +137,14 @@ class RelayProcess:
                 if self._stopping.is_set():
                     break
                 if self._ready and loop.time() - started >= self._restart_limit:
-                    delay = self._restart_delay  # it worked a good while: start afresh
+                    self._backoff.reset()  # it worked a good while: start afresh
+                delay = self._backoff.delay()
                 # A clean exit is a SIGTERM sent to the whole process group, as to this one.
                 log = _log.info if exitcode == 0 else _log.error
                 log("outbox_relay_process_exited", exitcode=exitcode, restart_in=round(delay, 3))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
-                delay = min(delay * 2, self._restart_limit)
         finally:
             self._caught_up.set()
             self._finished.set()
