@@ -22,7 +22,7 @@ ALLOWED = {
 # Third-party SDKs that only one module (or package) may import.
 CONFINED = {
     "aio_pika": "bus/rabbitmq.py",
-    "aiormq": "bus/rabbitmq.py",
+    "aiormq": "bus/rabbitmq",  # rabbitmq.py and its socket writer, rabbitmq_wire.py
     "aiomqtt": "bus/mqtt.py",
     "openstack": "agents/openstack",
     "kubernetes_asyncio": "agents/kubernetes",
