@@ -83,6 +83,17 @@ async def test_the_writes_of_one_pass_leave_as_one_segment_in_order(peer: Peer) 
     writer.close()
 
 
+async def test_a_buffer_reused_after_write_is_sent_as_it_was(peer: Peer) -> None:
+    """The writer sends later than ``write`` returns, so it keeps a copy of a mutable buffer."""
+    writer = await connect(peer)
+    buffer = bytearray(b"first")
+    writer.write(buffer)
+    buffer[:] = b"again"
+    writer.write(buffer)
+    assert await peer.got(10) == b"firstagain"
+    writer.close()
+
+
 async def test_drain_hands_over_what_is_kept_at_once(peer: Peer) -> None:
     """After ``drain`` the bytes are on their way, before the pass ends."""
     writer = await connect(peer)

@@ -44,7 +44,9 @@ class CoalescingWriter(asyncio.StreamWriter):
     def write(self, data: Chunk) -> None:
         if not self._kept:
             self._pass_loop.call_soon(self.flush)
-        self._kept.append(data)
+        # A transport copies what it cannot send at once; kept bytes are sent later, so a
+        # buffer the caller may reuse is copied here (aiormq writes bytes, kept as they are).
+        self._kept.append(data if isinstance(data, bytes) else bytes(data))
 
     def writelines(self, data: Iterable[Chunk]) -> None:
         for chunk in data:
@@ -85,7 +87,7 @@ class CoalescingTransportFactory(TransportFactory):
         if url.scheme == "amqps" and ssl_context_provider is not None:
             ssl = await ssl_context_provider.get_context()
         if url.host is None or url.port is None:
-            raise AMQPConnectionError(f"the broker URL names no host and port: {url.host}")
+            raise AMQPConnectionError(f"no host or port in the broker URL {url.with_user(None)}")
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
