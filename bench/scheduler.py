@@ -68,7 +68,6 @@ from flotilla.bus.memory import MemoryBroker, MemoryBus
 from flotilla.bus.rabbitmq import RabbitBus, connect_robust, message_properties
 from flotilla.log import configure_logging
 from flotilla.scheduler.lifecycle import Lifecycle
-from flotilla.scheduler.main import tune_collector
 from flotilla.scheduler.model import Change
 from flotilla.scheduler.placement import PlacementRequest, Placer, Ranking, Sla
 from flotilla.scheduler.registry import SiteRegistry
@@ -646,7 +645,7 @@ async def run_scheduler(options: Options) -> RunResult:
             running = tasks.create_task(service.run())
             try:
                 await report_sites(site_bus, workload.sites, registry, options.concurrency)
-                tune_collector()  # as the scheduler process does once it leads
+                runtime.tune_collector()  # as the scheduler process does once it leads
                 postgres = options.store == "postgresql"
                 database = postgres_cpu() if postgres else None
                 cpu, beam = time.process_time(), broker_cpu()

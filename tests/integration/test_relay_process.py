@@ -7,6 +7,8 @@ killed child is started again and what it left goes out; shutdown stops it.
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +45,16 @@ async def open_test_relay(amqp_url: str, store_url: str) -> AsyncIterator[Outbox
         RabbitBus(url=amqp_url, policy=DELIVERY_POLICY, name="relay-child") as bus,
     ):
         yield OutboxRelay(store, bus, poll_interval=timedelta(hours=1))
+
+
+@asynccontextmanager
+async def open_reporting_relay(
+    amqp_url: str, store_url: str, report: Path
+) -> AsyncIterator[OutboxRelay]:
+    """The test relay; as it closes, it writes the child's collector thresholds to ``report``."""
+    async with open_test_relay(amqp_url, store_url) as relay:
+        yield relay
+    await asyncio.to_thread(report.write_text, json.dumps(gc.get_threshold()))
 
 
 @asynccontextmanager
@@ -159,6 +171,20 @@ async def test_committed_messages_go_out_from_the_child_in_order(world: World) -
     assert [i for i in received if i in second] == second
     assert sorted(received) == sorted(first + second)
     assert await gone(pid)
+
+
+async def test_the_child_collects_garbage_as_rarely_as_the_scheduler(
+    world: World, vhost_url: str, tmp_path: Path
+) -> None:
+    """Its store and bus frozen, the child's youngest generation is collected every 50,000
+    allocations, not every 700: a message relayed allocates many short-lived objects."""
+    report = tmp_path / "thresholds.json"
+    opener = partial(open_reporting_relay, vhost_url, str(world.store.url), report)
+    relay = RelayProcess(opener, loop="asyncio")
+    ids = await world.commit(1)  # before the child starts, which reads the outbox first
+    async with running(relay):
+        assert await world.site.wait_for(1) == ids
+    assert json.loads(report.read_text()) == [50_000, 20, 100]
 
 
 async def test_a_killed_child_is_started_again_and_sends_what_was_left(world: World) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -12,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from flotilla import runtime
 from flotilla.broker import DELIVERY_POLICY
 from flotilla.bus import Bus
 from flotilla.bus.rabbitmq import RabbitBus
@@ -58,7 +58,7 @@ async def run_scheduler(settings: Settings) -> None:
         service = build_scheduler(
             settings, bus=bus, store=store, parser=parser, slas=slas, relay=relay
         )
-        tune_collector()
+        runtime.tune_collector()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(service.run())
             watch = tasks.create_task(election.run())
@@ -69,20 +69,6 @@ async def run_scheduler(settings: Settings) -> None:
             watch.cancel()
     await election.release()
     _log.info("scheduler_stopped")
-
-
-def tune_collector() -> None:
-    """Make the garbage collector cheap for a long-running scheduler.
-
-    Everything allocated at start-up lives as long as the process, so it is frozen out of
-    collections (otherwise long pauses in decisions). Each decision allocates many small
-    short-lived objects without cycles; with the default threshold of 700 the youngest
-    generation is collected several times per decision, which cost about a quarter of the
-    scheduler's CPU in ``bench/scheduler.py``. A larger first threshold collects it every
-    50,000 allocations instead; the memory held meanwhile is a few megabytes.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def build_scheduler(

@@ -6,7 +6,9 @@ database, that thread is the limit; publishing and reading back the outbox take 
 quarter of it. ``RelayProcess`` runs the same ``OutboxRelay`` in a child process over
 the same database (any ``SqlStore``: the outbox is durable, so the child reads what the
 scheduler committed) and the same broker, and is used by the service exactly as an
-in-process relay is: ``run``, ``shutdown``, ``wake`` and ``room``.
+in-process relay is: ``run``, ``shutdown``, ``wake`` and ``room``. Once its store and bus
+are open, the child tunes its garbage collector as the scheduler does
+(``runtime.tune_collector``).
 
 The two talk over two pipes, one byte per signal, never blocking the scheduler:
 
@@ -249,6 +251,7 @@ async def _relay_until_stopped(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with open_relay() as relay:
+        runtime.tune_collector()  # the store and bus now live as long as the child
         _send(outbox, READY)
 
         def on_signals() -> None:
