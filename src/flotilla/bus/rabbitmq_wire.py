@@ -82,10 +82,9 @@ class CoalescingTransportFactory(TransportFactory):
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # aiormq always passes its provider; for amqps, no provider fails, never plain TCP.
         ssl_context_provider = kwargs.pop("ssl_context_provider", None)
-        ssl = None
-        if url.scheme == "amqps" and ssl_context_provider is not None:
-            ssl = await ssl_context_provider.get_context()
+        ssl = await ssl_context_provider.get_context() if url.scheme == "amqps" else None
         if url.host is None or url.port is None:
             raise AMQPConnectionError(f"no host or port in the broker URL {url.with_user(None)}")
         loop = asyncio.get_running_loop()
