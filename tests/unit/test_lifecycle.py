@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -15,8 +16,8 @@ from flotilla.scheduler.lifecycle import (
     LifecycleConfig,
     OperationInProgressError,
 )
-from flotilla.scheduler.model import AttemptOutcome, Change
-from flotilla.scheduler.placement import Placer, Sla
+from flotilla.scheduler.model import AttemptOutcome, Change, EncodedJson
+from flotilla.scheduler.placement import REJECTIONS_LISTED, Placer, Sla
 from flotilla.scheduler.registry import SiteRegistry
 from flotilla.scheduler.sql.error import DatabaseUnavailableError
 from flotilla.scheduler.store import MemoryStore, StaleWriteError
@@ -175,6 +176,25 @@ async def test_attempt_keeps_the_best_candidates_and_counts_the_rest() -> None:
     assert ranking["more_candidates"] == 5
     assert ranking["rejected"] == [{"site": "outsider", "reasons": ["no SLA for group 'physics'"]}]
     assert ranking["claimed"]["cores"] == 4  # the whole m1.large flavor
+
+
+async def test_the_kept_ranking_carries_its_own_encoding() -> None:
+    """A stored ranking is written from its own text, which decodes to the same ranking:
+    candidates, listed rejections, the summary of the sites past the list, and the claim."""
+    sites = tuple(f"site-{i:02d}" for i in range(CANDIDATES_LISTED + 5))
+    outsiders = tuple(f"outsider-{i:02d}" for i in range(REJECTIONS_LISTED + 7))
+    slas = [Sla(id=f"sla-{s}", group="physics", site=s) for s in sites]
+    harness = Harness(Clock(), sites=(*sites, *outsiders), slas=slas)
+    did = new_id()
+    await harness.commit(await harness.lifecycle.requested(request(did)))
+    (attempt,) = await harness.store.attempts(did)
+    ranking = attempt.ranking
+
+    assert isinstance(ranking, EncodedJson)
+    assert json.loads(ranking.text) == ranking
+    assert len(ranking["rejected"]) == REJECTIONS_LISTED + 1
+    assert ranking["rejected"][-1]["site"] == "7 more sites"
+    assert isinstance(ranking["candidates"][0]["score"], float)
 
 
 async def test_provisioned_completes_with_outputs(harness: Harness) -> None:

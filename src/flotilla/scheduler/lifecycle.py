@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
+import pydantic_core
+
 from flotilla.errors import PermanentError, RetryableError
 from flotilla.scheduler.demand import total_usage
 from flotilla.scheduler.model import (
@@ -20,6 +22,7 @@ from flotilla.scheduler.model import (
     AttemptRecord,
     Change,
     DeploymentRecord,
+    EncodedJson,
     Operation,
     attempt_key,
 )
@@ -390,7 +393,7 @@ class Lifecycle:
             started_at=now,
             deadline=deadline,
             # What is claimed is kept with the attempt, so a restart claims the same again.
-            ranking={**_ranking_json(ranking), "claimed": dict(best.usage)},
+            ranking=_ranking_json(ranking, best.usage),
         )
         self._placer.claims.claim(attempt.key, site=best.site, group=record.group, usage=best.usage)
         # Known final now (no other candidate, or the last site allowed): a failure there is
@@ -613,18 +616,31 @@ def _scheduling(requested: Scheduling, requirements: TemplateRequirements) -> Sc
     return Scheduling(mode=mode, site=site, sla_id=sla_id, region=region)
 
 
-def _ranking_json(ranking: Ranking) -> dict[str, Any]:
-    """The ranking kept with an attempt: the best candidates, and the listed rejections.
+def _ranking_json(ranking: Ranking, claimed: Mapping[str, int]) -> EncodedJson:
+    """The ranking kept with an attempt: the best candidates, the listed rejections, and
+    what the attempt claimed at its site.
 
     Candidates past ``CANDIDATES_LISTED`` are counted, not listed: with hundreds of sites
     every attempt would otherwise store hundreds of scores nobody reads.
     """
     listed = ranking.candidates[:CANDIDATES_LISTED]
+    more = len(ranking.candidates) - len(listed)
+    claim = dict(claimed)
     # The entries are made once per candidate and rejection and shared by every ranking
     # that lists them: nothing changes a stored ranking, and thousands of attempts then
     # hold a few lists each instead of a tree of dicts that every full collection walks.
-    return {
+    # Their encodings are made once too, and joined here, so a store writes a ranking
+    # without encoding the same kilobytes of site entries for every attempt.
+    items = {
         "candidates": [c.as_json() for c in listed],
-        "more_candidates": len(ranking.candidates) - len(listed),
+        "more_candidates": more,
         "rejected": [r.as_json() for r in ranking.rejections],
+        "claimed": claim,
     }
+    candidates = ",".join(c.json_text() for c in listed)
+    rejected = ",".join(r.json_text() for r in ranking.rejections)
+    text = (
+        f'{{"candidates":[{candidates}],"more_candidates":{more},'
+        f'"rejected":[{rejected}],"claimed":{pydantic_core.to_json(claim).decode()}}}'
+    )
+    return EncodedJson(items, text)

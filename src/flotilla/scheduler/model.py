@@ -28,6 +28,21 @@ class AttemptOutcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+class EncodedJson(dict[str, Any]):
+    """A JSON object that carries its own encoding, for stores that write it as text.
+
+    Made once and never changed: ``text`` must stay the encoding of the items. The
+    scheduler builds its rankings this way from parts encoded once and shared by many
+    rankings, so a commit does not encode kilobytes of the same site entries again.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, items: dict[str, Any], text: str) -> None:
+        super().__init__(items)
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptRecord:
     """One try of a deployment at one site, with its cause when it failed."""

@@ -32,6 +32,8 @@ from datetime import datetime
 from itertools import islice
 from typing import Any, Final
 
+import pydantic_core
+
 from flotilla.scheduler.changes import ChangeLog
 from flotilla.scheduler.claim import ClaimBook
 from flotilla.scheduler.demand import FitCache, TemplateFit, Usage, fitted_usage, total_usage
@@ -102,6 +104,7 @@ class Candidate:
     images: Mapping[str, str]
     usage: Usage
     _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         """Site, score and explanation as stored with an attempt (made once; do not change)."""
@@ -111,6 +114,14 @@ class Candidate:
             return record
         return self._json
 
+    def json_text(self) -> str:
+        """``as_json()`` encoded, once."""
+        text = self._text
+        if text is None:
+            text = pydantic_core.to_json(self.as_json()).decode()
+            object.__setattr__(self, "_text", text)
+        return text
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejection:
@@ -119,6 +130,7 @@ class Rejection:
     site: str
     reasons: tuple[str, ...]
     _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
         """Site and reasons as stored with an attempt (made once; do not change)."""
@@ -127,6 +139,14 @@ class Rejection:
             object.__setattr__(self, "_json", record)
             return record
         return self._json
+
+    def json_text(self) -> str:
+        """``as_json()`` encoded, once."""
+        text = self._text
+        if text is None:
+            text = pydantic_core.to_json(self.as_json()).decode()
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

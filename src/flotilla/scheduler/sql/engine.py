@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flotilla.errors import ConfigurationError
+from flotilla.scheduler.model import EncodedJson
 
 DEFAULT_URL = "sqlite+aiosqlite:///flotilla.db"
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -68,6 +69,8 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
 
 
 def _json_text(value: Any) -> str:
+    if type(value) is EncodedJson:
+        return value.text  # encoded already, from parts encoded once (rankings)
     return pydantic_core.to_json(value).decode()
 
 

@@ -1,16 +1,19 @@
-"""Rankings are compressed with lz4 on PostgreSQL (revision 0003), and read back whole."""
+"""How the SQL stores write rankings: from the encoding they carry, and on PostgreSQL
+compressed with lz4 (revision 0003)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from alembic import command
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from flotilla.scheduler.model import Change
+from flotilla.scheduler.model import Change, EncodedJson
 from flotilla.scheduler.sql import SqlStore
 from flotilla.scheduler.sql.migration import alembic_config
 from tests.contract.stores import _admin, pg_url
@@ -25,15 +28,22 @@ _COLUMN = (
 )
 
 
-@pytest.fixture
-async def database() -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database, dropped afterwards."""
-    name = f"flotilla_lz4_{uuid.uuid4().hex[:10]}"
+@contextlib.asynccontextmanager
+async def new_database() -> AsyncIterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    name = f"flotilla_ranking_{uuid.uuid4().hex[:10]}"
     await _admin(f'CREATE DATABASE "{name}"')
     try:
         yield pg_url(name)
     finally:
         await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database."""
+    async with new_database() as url:
+        yield url
 
 
 async def _scalar(engine: AsyncEngine, query: str) -> object:
@@ -100,3 +110,28 @@ async def test_downgrade_gives_the_column_back_its_default(database: str) -> Non
         assert await _scalar(engine, "SELECT version_num FROM alembic_version") == "0002"
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A new SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    else:
+        async with new_database() as url:
+            yield url
+
+
+async def test_a_ranking_is_written_from_the_encoding_it_carries(sql_url: str) -> None:
+    """The store writes an ``EncodedJson`` as its text, without encoding the items again.
+
+    The text here differs from the items on purpose, to show which of the two is written.
+    """
+    record = make_record()
+    ranking = EncodedJson({"rejected": []}, '{"rejected":[{"site":"alpha","reasons":["full"]}]}')
+    attempt = make_attempt(record.id, 1, ranking=ranking)
+    async with SqlStore(sql_url) as store:
+        await store.commit(Change(deployment=record, attempts=(attempt,), expected_version=0))
+        (stored,) = await store.attempts(record.id)
+
+    assert stored.ranking == {"rejected": [{"site": "alpha", "reasons": ["full"]}]}
