@@ -319,6 +319,20 @@ async def test_outbox_pending_in_order_and_mark_sent(store: Store) -> None:
     assert await store.pending() == []
 
 
+async def test_pending_leaves_out_the_excluded_and_fills_its_limit(store: Store) -> None:
+    """Entries a relay is removing are left out, and the read goes past them to the limit."""
+    record = make_record()
+    sent = tuple(make_message(record.id) for _ in range(5))
+    await store.commit(Change(deployment=record, outbox=sent))
+    sequences = [entry.sequence for entry in await store.pending()]
+
+    kept = await store.pending(limit=2, exclude={sequences[0], sequences[2]})
+
+    assert [entry.message for entry in kept] == [sent[1], sent[3]]
+    assert await store.pending(exclude=set(sequences)) == []
+    assert [e.message for e in await store.pending(exclude=())] == list(sent)
+
+
 async def test_sequences_are_not_reused_after_mark_sent(store: Store) -> None:
     """A message written after the outbox emptied gets a higher sequence than any before."""
     record = make_record()

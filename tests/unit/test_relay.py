@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,9 +95,11 @@ class WatchedStore(MemoryStore):
         self.changed = asyncio.Condition()
         self.reads = 0
 
-    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
+    async def pending(
+        self, limit: int = 100, *, exclude: Collection[int] = ()
+    ) -> list[OutboxEntry]:
         """Pending entries; counts the read."""
-        entries = await super().pending(limit)
+        entries = await super().pending(limit, exclude=exclude)
         self.reads += 1
         await self._notify()
         return entries
@@ -226,6 +228,89 @@ async def test_crash_before_mark_sent_republishes_with_the_same_id(world: World)
     assert world.received(SITE_QUEUE) == [message.id, message.id]
 
 
+class GatedRemovalStore(WatchedStore):
+    """A store whose removals wait for ``gate``; ``removals`` lists what each one took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.removing = asyncio.Event()
+        self.removals: list[list[int]] = []
+
+    async def mark_sent(self, sequences: list[int]) -> None:
+        """Wait for the gate, then remove."""
+        self.removals.append(list(sequences))
+        self.removing.set()
+        await self.gate.wait()
+        await super().mark_sent(sequences)
+
+
+async def test_a_slow_removal_holds_back_nothing_and_nothing_goes_twice(world: World) -> None:
+    """While a removal waits on the store, later entries go out and the published ones are
+    not published again; the waiting removal and the next one then empty the outbox."""
+    store = world.store = GatedRemovalStore()
+    first, second, third = release(new_id()), release(new_id()), release(new_id())
+    await world.commit(first)
+    relay = OutboxRelay(store, world.bus, poll_interval=timedelta(milliseconds=10))
+
+    async with running(relay):
+        async with asyncio.timeout(5):
+            await store.removing.wait()  # the first entry's removal is held
+        await world.commit(second)
+        await world.commit(third)
+        relay.wake()
+        queue = world.broker.queue(SITE_QUEUE).items
+        async with asyncio.timeout(5), store.changed:  # the relay reads again every 10 ms
+            await store.changed.wait_for(lambda: queue.qsize() == 3)
+        assert len(await store.pending()) == 3  # all published, none removed yet
+        store.gate.set()
+        await store.wait_empty()
+
+    assert world.received(SITE_QUEUE) == [first.id, second.id, third.id]
+    assert len(store.removals) == 2  # the held one, then the two published meanwhile
+    assert len(store.removals[1]) == 2
+
+
+async def test_stopping_removes_what_was_published(world: World) -> None:
+    """A relay that stops removes what it published before it returns."""
+    store = world.store = GatedRemovalStore()
+    message = release(new_id())
+    await world.commit(message)
+    relay = OutboxRelay(store, world.bus)
+    task = asyncio.create_task(relay.run())
+    async with asyncio.timeout(5):
+        await store.removing.wait()
+    stopping = asyncio.create_task(relay.shutdown())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waits for the removal under way
+    store.gate.set()
+    async with asyncio.timeout(5):
+        await stopping
+        await task
+
+    assert await store.pending() == []
+    assert world.received(SITE_QUEUE) == [message.id]
+
+
+class BrokenRemovalStore(WatchedStore):
+    """A store whose removals fail with an error that is not the store being unavailable."""
+
+    async def mark_sent(self, sequences: list[int]) -> None:
+        """Fail."""
+        raise RuntimeError("disk on fire (simulated)")
+
+
+async def test_a_removal_that_fails_fails_the_relay(world: World) -> None:
+    """An unexpected error removing published entries ends the relay with that error."""
+    store = world.store = BrokenRemovalStore()
+    await world.commit(release(new_id()))
+    relay = OutboxRelay(store, world.bus, poll_interval=timedelta(milliseconds=10))
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        async with asyncio.timeout(5):
+            await relay.run()
+
+
 class FlakyBus(MemoryBus):
     """A memory bus whose first ``failures`` publishes fail as if the broker were down."""
 
@@ -347,7 +432,7 @@ async def test_room_waits_while_the_relay_is_behind(world: World) -> None:
             bus.gate.set()
             async with asyncio.timeout(5):
                 await relay.room()
-            assert await world.store.pending() == []
+            await world.store.wait_empty()
 
 
 async def test_parked_entries_never_hold_back_new_work(world: World) -> None:

@@ -32,6 +32,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Protocol, TypeVar
 
 import structlog
@@ -110,6 +111,9 @@ class OutboxRelay:
         self._first_delay, self._max_delay = (d.total_seconds() for d in retry_delays)
         self._park_limit = park_limit.total_seconds()
         self._parked: dict[int, _Parked] = {}
+        self._published: set[int] = set()  # confirmed, not yet removed from the outbox
+        self._unremoved: list[int] = []  # of those, the ones no removal has taken yet
+        self._removal: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -159,6 +163,11 @@ class OutboxRelay:
                     continue  # a full batch: there may be more right away
                 self._behind(False)
                 await self._wait(self._wake, self._poll)
+            await self._removed()
+        except asyncio.CancelledError:
+            if self._removal is not None:
+                self._removal.cancel()  # what it held is published again, as after a crash
+            raise
         finally:
             self._behind(False)
             self._finished.set()
@@ -178,11 +187,13 @@ class OutboxRelay:
         Each deployment's entries go out in order, one confirm at a time; different
         deployments are published concurrently (up to ``concurrency`` in flight), which is
         what lets confirms overlap on the broker. The batch's sent entries are then removed
-        from the outbox in one store call.
+        from the outbox while the next batch goes out (``_remove_later``).
         """
-        # Parked entries sit at the head of the outbox; read past them.
+        # Parked entries sit at the head of the outbox; read past them. Entries published
+        # and still being removed are left out of the read, not published again.
         limit = self._batch + len(self._parked)
-        entries = await self._call_store(lambda: self._store.pending(limit))
+        published = frozenset(self._published)
+        entries = await self._call_store(lambda: self._store.pending(limit, exclude=published))
         if entries is None:
             return False
         if len(entries) >= limit:
@@ -199,10 +210,9 @@ class OutboxRelay:
         async with asyncio.TaskGroup() as tasks:
             for group in groups.values():
                 tasks.create_task(self._relay_group(group, now, sent))
-        # Between the confirms above and this delete a crash re-publishes the entries later.
-        while sent and await self._call_store(lambda: self._mark_sent(sent)) is None:
-            if self._stopping.is_set():
-                return False
+        # Removed while the next batch goes out. Between the confirms above and the delete, a
+        # crash leaves the entries in the outbox, and the next relay publishes them again.
+        self._remove_later(sent)
         for sequence in sent:
             if self._parked.pop(sequence, None) is not None:
                 _log.info("outbox_entry_unparked", sequence=sequence)
@@ -258,6 +268,44 @@ class OutboxRelay:
             self._caught_up.set()
         if self.on_behind is not None:
             self.on_behind(behind)
+
+    def _remove_later(self, sent: list[int]) -> None:
+        """Have ``sent`` removed from the outbox, without waiting for it.
+
+        Until removed, the entries are left out of the relay's reads, so they are not
+        published twice. One removal runs at a time and takes everything published while
+        the last one ran, so a busy relay deletes in few statements, and its reads and
+        publishes do not wait on them: on SQLite, whose write lock the scheduler holds for
+        each of its commits, a delete may wait there for tens of milliseconds.
+
+        Raises:
+            Exception: what the last removal failed with, other than the store being
+                unavailable (which it retries): the relay fails, as it did on the delete.
+        """
+        if self._removal is not None and self._removal.done():
+            self._removal.result()
+            self._removal = None
+        if not sent:
+            return
+        self._published.update(sent)
+        self._unremoved += sent
+        if self._removal is None:
+            self._removal = asyncio.get_running_loop().create_task(self._remove())
+
+    async def _remove(self) -> None:
+        """Delete what was published, batch after batch, until nothing is left to delete."""
+        while self._unremoved:
+            taken, self._unremoved = self._unremoved, []
+            while await self._call_store(partial(self._mark_sent, taken)) is None:
+                if self._stopping.is_set():
+                    return  # left in the outbox: the next relay publishes them again
+            self._published.difference_update(taken)
+
+    async def _removed(self) -> None:
+        """Wait for the removal under way, if any (on stopping: published, then removed)."""
+        if self._removal is not None:
+            await self._removal
+            self._removal = None
 
     async def _mark_sent(self, sequences: list[int]) -> bool:
         await self._store.mark_sent(sequences)

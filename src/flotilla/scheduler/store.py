@@ -74,8 +74,11 @@ class Store(Protocol):
         """Record a handled key outside of a change (for messages that change nothing)."""
         ...
 
-    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
-        """Outbox messages not yet published, oldest first."""
+    async def pending(
+        self, limit: int = 100, *, exclude: Collection[int] = ()
+    ) -> list[OutboxEntry]:
+        """Outbox messages not yet published, oldest first, leaving out the sequences in
+        ``exclude`` (published, and being removed)."""
         ...
 
     async def mark_sent(self, sequences: list[int]) -> None:
@@ -194,9 +197,14 @@ class MemoryStore:
         """Record a handled key."""
         self._done.add(key)
 
-    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
+    async def pending(
+        self, limit: int = 100, *, exclude: Collection[int] = ()
+    ) -> list[OutboxEntry]:
         """Unpublished messages, oldest first (sequences are added in order)."""
-        return list(islice(self._outbox.values(), limit))
+        entries = self._outbox.values()
+        if exclude:
+            return list(islice((e for e in entries if e.sequence not in exclude), limit))
+        return list(islice(entries, limit))
 
     async def mark_sent(self, sequences: list[int]) -> None:
         """Forget published messages."""

@@ -24,7 +24,7 @@ from sqlalchemy import (
     ARRAY,
     ColumnElement,
     RowMapping,
-    String,
+    all_,
     any_,
     bindparam,
     delete,
@@ -230,16 +230,19 @@ class SqlStore:
 
         await self._alone("record a handled key", work)
 
-    async def pending(self, limit: int = 100) -> list[OutboxEntry]:
-        """Outbox messages not yet published, oldest first.
+    async def pending(
+        self, limit: int = 100, *, exclude: Collection[int] = ()
+    ) -> list[OutboxEntry]:
+        """Outbox messages not yet published, oldest first, leaving out ``exclude``.
 
         Raises:
             MessageDecodeError: a stored message no longer decodes (e.g. after a downgrade).
         """
 
         async def work(conn: AsyncConnection) -> list[OutboxEntry]:
-            query = select(OutboxRow).order_by(OutboxRow.sequence).limit(limit)
-            return [_entry(row) for row in (await conn.execute(query)).mappings()]
+            query = self._statements().pending.limit(limit)
+            rows = await conn.execute(query, {"excluded": sorted(exclude)})
+            return [_entry(row) for row in rows.mappings()]
 
         return await self._alone("read the outbox", work)
 
@@ -249,7 +252,7 @@ class SqlStore:
             return
 
         async def work(conn: AsyncConnection) -> None:
-            await conn.execute(delete(OutboxRow).where(OutboxRow.sequence.in_(sequences)))
+            await conn.execute(self._statements().mark_sent, {"sent": sequences})
 
         await self._alone("remove sent messages", work)
 
@@ -609,6 +612,8 @@ class _Statements:
     get_versions: Any
     get_attempts: Any
     get_keys: Any
+    pending: Any
+    mark_sent: Any
     create_deployments: Any
     upsert_deployment: Any
     update_deployment: Any
@@ -640,6 +645,11 @@ def _statements(dialect: str) -> _Statements:
         .where(AttemptRow.deployment_id == bindparam("match_id"))
         .order_by(AttemptRow.number),
         get_keys=select(HandledKeyRow.key).where(_one_of(HandledKeyRow.key, "match_keys", dialect)),
+        # The outbox, oldest first, less what a relay published and is removing.
+        pending=select(OutboxRow)
+        .where(_one_of(OutboxRow.sequence, "excluded", dialect, negate=True))
+        .order_by(OutboxRow.sequence),
+        mark_sent=delete(OutboxRow).where(_one_of(OutboxRow.sequence, "sent", dialect)),
         # Given a list, one INSERT with a row of values each; RETURNING names those inserted.
         create_deployments=deployment.on_conflict_do_nothing(
             index_elements=[DeploymentRow.id]
@@ -670,15 +680,17 @@ def _statements(dialect: str) -> _Statements:
     )
 
 
-def _one_of(column: Any, name: str, dialect: str) -> Any:
-    """``column`` is one of the list passed as ``name``.
+def _one_of(column: Any, name: str, dialect: str, *, negate: bool = False) -> Any:
+    """``column`` is one of the list passed as ``name`` (with ``negate``, none of it).
 
     PostgreSQL takes the list as one array, so the statement is the same whatever its
     length and is prepared once; SQLite gets an ``IN`` with one parameter per value.
     """
     if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=ARRAY(String)))
-    return column.in_(bindparam(name, expanding=True))
+        values = bindparam(name, type_=ARRAY(column.type))
+        return column != all_(values) if negate else column == any_(values)
+    values = bindparam(name, expanding=True)
+    return column.not_in(values) if negate else column.in_(values)
 
 
 def _outcome(convert: Callable[[RowMapping], T], row: RowMapping | None) -> Outcome[T | None]:
