@@ -42,7 +42,6 @@ import psutil
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
-from pydantic import SecretStr
 
 from baseline import aiormq_defaults
 from broker_cleanup import delete_topology
@@ -539,16 +538,16 @@ class Options:
 
     @property
     def relay_process(self) -> bool:
-        """Whether the outbox relay runs in a child process, as the scheduler does on
-        PostgreSQL (``SchedulerSettings.relays_in_child``).
+        """Whether the outbox relay runs in a child process, as the scheduler does by
+        default (``SchedulerSettings.relay_process``).
 
         It cannot with the memory store or bus, which live in this process.
         """
         if self.store == "memory" or self.bus != "rabbitmq":
             return False
-        chosen = None if self.relay == "auto" else self.relay == "process"
-        scheduler = SchedulerSettings(store_url=SecretStr(self.store), relay_process=chosen)
-        return scheduler.relays_in_child()
+        if self.relay == "auto":
+            return SchedulerSettings().relay_process
+        return self.relay == "process"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -85,22 +85,14 @@ class SchedulerSettings(BaseModel):
             " command (see bench/scheduler.py)."
         ),
     )
-    relay_process: bool | None = Field(
-        default=None,
+    relay_process: bool = Field(
+        default=True,
         description=(
             "Publish the outbox from a child process of the scheduler, so that publishing"
             " runs beside deciding instead of taking turns with it on one core (see"
-            " bench/scheduler.py); false publishes from the scheduler's own process. Unset:"
-            " a child process on PostgreSQL, the scheduler's own on SQLite, which lets one"
-            " process write at a time."
+            " bench/scheduler.py); false publishes from the scheduler's own process."
         ),
     )
-
-    def relays_in_child(self) -> bool:
-        """Whether the outbox is published from a child process (see ``relay_process``)."""
-        if self.relay_process is not None:
-            return self.relay_process
-        return self.store_url.get_secret_value().startswith("postgresql")
 
 
 class GatewaySettings(BaseModel):

@@ -1,7 +1,8 @@
 """Flotilla as separate processes, as in production: scheduler, gateway and an agent.
 
-Each part is started with its own command on RabbitMQ and PostgreSQL, configured only by
-``FLOTILLA_*`` variables and files, and a deployment goes through all of them.
+Each part is started with its own command on RabbitMQ and PostgreSQL (or SQLite),
+configured only by ``FLOTILLA_*`` variables and files, and a deployment goes through all of
+them.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ async def until_ready(url: str, timeout: float = 60.0) -> None:
 async def test_scheduler_gateway_and_agent_as_separate_processes(
     vhost_url: str, database: str, tmp_path: Path
 ) -> None:
+    """On PostgreSQL, a deployment goes through the three processes to CREATE_COMPLETE."""
+    await deploy_through_processes(vhost_url, database, tmp_path)
+
+
+async def test_the_same_on_sqlite_with_the_relay_in_its_own_process(
+    vhost_url: str, tmp_path: Path
+) -> None:
+    """On the default SQLite file, which the scheduler's relay child and the gateway read
+    beside the scheduler, the same deployment completes."""
+    await deploy_through_processes(vhost_url, f"sqlite:///{tmp_path / 'flotilla.db'}", tmp_path)
+
+
+async def deploy_through_processes(vhost_url: str, database: str, tmp_path: Path) -> None:
+    """Start scheduler, gateway and a local agent on ``database``; deploy hello-batch."""
     site = "ws-apart"
     port = free_port()
     sla = tmp_path / "sla.yaml"

@@ -58,19 +58,16 @@ def test_the_scheduler_takes_its_own_prefetch(monkeypatch: pytest.MonkeyPatch) -
     assert build(Settings()).prefetch == 128
 
 
-def test_the_outbox_is_published_from_a_child_process_on_postgresql_only(
+def test_the_outbox_is_published_from_a_child_process_unless_told_not_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """By default a child process publishes on PostgreSQL, not on SQLite (one writer at a
-    time); FLOTILLA_SCHEDULER__RELAY_PROCESS decides either way."""
-    assert not Settings().scheduler.relays_in_child()  # SQLite by default
+    """By default a child process publishes, on SQLite as on PostgreSQL;
+    FLOTILLA_SCHEDULER__RELAY_PROCESS=false keeps it in the scheduler's process."""
+    assert Settings().scheduler.relay_process  # SQLite by default
     monkeypatch.setenv("FLOTILLA_SCHEDULER__STORE_URL", "postgresql+asyncpg://db/flotilla")
-    assert Settings().scheduler.relays_in_child()
+    assert Settings().scheduler.relay_process
     monkeypatch.setenv("FLOTILLA_SCHEDULER__RELAY_PROCESS", "false")
-    assert not Settings().scheduler.relays_in_child()
-    monkeypatch.setenv("FLOTILLA_SCHEDULER__STORE_URL", "sqlite:///flotilla.db")
-    monkeypatch.setenv("FLOTILLA_SCHEDULER__RELAY_PROCESS", "true")
-    assert Settings().scheduler.relays_in_child()
+    assert not Settings().scheduler.relay_process
 
 
 class _NoTemplates:

@@ -52,7 +52,7 @@ async def run_scheduler(settings: Settings) -> None:
     async with bus, SqlStore(url) as store, TemplateParser() as parser:
         relay = (
             RelayProcess(partial(open_relay, settings), loop=settings.event_loop)
-            if config.relays_in_child()
+            if config.relay_process
             else None
         )
         service = build_scheduler(
