@@ -4,10 +4,10 @@ Revision ID: 0003
 Revises: 0002
 
 Every attempt stores its ranking: about 8 KB of JSON with a thousand sites, which
-PostgreSQL compresses before writing. Its default compression (pglz) took about half of
-the database's CPU per placement; lz4 does the same work in about half the time, for rows
-a little larger (measured in the README's benchmark section). Only values written after the
-upgrade use it.
+PostgreSQL compresses before writing. Storing it took about two fifths of the database's
+CPU per placement, most of it in the default compression (pglz); lz4 halves that, for
+rows about a sixth larger (measured in the README's benchmark section). Only values
+written after the upgrade use it.
 
 A server built without lz4 (it lists the method in ``default_toast_compression``'s values
 only when it has it), one older than PostgreSQL 14, and SQLite keep what they have: this
