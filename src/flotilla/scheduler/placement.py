@@ -116,11 +116,7 @@ class Candidate:
 
     def json_text(self) -> str:
         """``as_json()`` encoded, once."""
-        text = self._text
-        if text is None:
-            text = pydantic_core.to_json(self.as_json()).decode()
-            object.__setattr__(self, "_text", text)
-        return text
+        return _encoded_once(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,11 +138,16 @@ class Rejection:
 
     def json_text(self) -> str:
         """``as_json()`` encoded, once."""
-        text = self._text
-        if text is None:
-            text = pydantic_core.to_json(self.as_json()).decode()
-            object.__setattr__(self, "_text", text)
-        return text
+        return _encoded_once(self)
+
+
+def _encoded_once(entry: Candidate | Rejection) -> str:
+    """``entry.as_json()`` encoded, made on the first call and kept on the entry."""
+    text = entry._text
+    if text is None:
+        text = pydantic_core.to_json(entry.as_json()).decode()
+        object.__setattr__(entry, "_text", text)
+    return text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
